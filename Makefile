@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine: `make run` (set up, then run the product on the bundled model)
+# and `make test` (set up, then lint and test). Everything else is a helper of those two.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test setup lint
+
+$(BIN)/att3d: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(BIN)/att3d
+
+setup: $(BIN)/att3d
+
+run: setup
+	mkdir -p out
+	$(BIN)/att3d generate "a red cube" -o out/a_red_cube.glb
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
