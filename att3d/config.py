@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,7 @@ class EncodingConfig:
 class FieldConfig:
     """The amortized text-conditioned field: mapping network, basis grids and MLP head."""
 
-    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    encoding: EncodingConfig = dataclasses.field(default_factory=EncodingConfig)
     """Hash-grid layout shared by all basis grids."""
     text_dim: int = 384
     """Dimension of the text embedding fed to the mapping network."""
@@ -165,13 +165,13 @@ class TextConfig:
 class ModelConfig:
     """Everything needed to rebuild a generator from its weights (stored in checkpoint manifests)."""
 
-    field: FieldConfig = field(default_factory=FieldConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     """The amortized field."""
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
     """The text encoder that produced the field's conditioning."""
-    render: RenderConfig = field(default_factory=RenderConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     """Renderer settings used in training and previews."""
-    mesh: MeshConfig = field(default_factory=MeshConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     """Default mesh-extraction settings."""
 
 
