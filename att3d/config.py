@@ -176,6 +176,31 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# Score distillation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SDSConfig:
+    """Score distillation settings."""
+
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale (``att3d.priors.base.guided``)."""
+    t_min: float = 0.02
+    """Smallest timestep, as a fraction of the schedule."""
+    t_max_start: float = 0.98
+    """Largest timestep at the start of training."""
+    t_max_end: float = 0.5
+    """Largest timestep after annealing."""
+    t_anneal_steps: int = 0
+    """Steps over which ``t_max`` goes linearly from start to end (0: no annealing)."""
+    weighting: str = "1-alpha_bar"
+    """``w(t)``: ``1-alpha_bar`` (DreamFusion), ``sqrt(1-alpha_bar)`` or ``uniform``."""
+    grad_clip: float = 0.0
+    """Clip the per-element SDS gradient to ``[-grad_clip, grad_clip]`` (0: off)."""
+
+
+# --------------------------------------------------------------------------------------------------
 # Loading, overrides, serialization
 # --------------------------------------------------------------------------------------------------
 
