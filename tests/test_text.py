@@ -1,0 +1,260 @@
+"""Text encoders: MiniLM against the sentence-transformers reference, the embedding cache, prompt checks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from att3d import text
+from att3d.text import (
+    CachedEncoder,
+    MiniLMEncoder,
+    PromptError,
+    TextEncoder,
+    get_text_encoder,
+    minilm_model_dir,
+    register_text_encoder,
+    validate_prompt,
+)
+
+PROMPTS = [
+    "a red cube",
+    "a cube that is red",
+    "a photograph of an astronaut riding a horse on the moon, highly detailed, 4k",
+    "torus",
+    # Longer than the 256-token window: checks truncation matches the reference.
+    "a small blue cone " * 80,
+]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        encoder = MiniLMEncoder(batch_size=2)  # small batches: padding differs between batches
+        encoder.load()
+        yield encoder
+
+
+@pytest.fixture(scope="module")
+def minilm_embeddings(minilm):
+    return minilm.encode(PROMPTS)
+
+
+class FakeEncoder:
+    """Deterministic stand-in that records every call."""
+
+    def __init__(self, id: str = "fake/encoder v1", dim: int = 4):
+        self.id = id
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        self.calls.append(list(prompts))
+        rows = []
+        for prompt in prompts:
+            seed = int(hashlib.sha256(f"{self.id}|{prompt}".encode()).hexdigest()[:8], 16)
+            rows.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows) if rows else torch.empty(0, self.dim)
+
+
+# --------------------------------------------------------------------------------------------------
+# MiniLM
+# --------------------------------------------------------------------------------------------------
+
+
+def test_minilm_shape_dtype_norm(minilm_embeddings):
+    assert minilm_embeddings.shape == (len(PROMPTS), 384)
+    assert minilm_embeddings.dtype == torch.float32
+    assert minilm_embeddings.device.type == "cpu"
+    torch.testing.assert_close(minilm_embeddings.norm(dim=1), torch.ones(len(PROMPTS)), atol=1e-5, rtol=0)
+
+
+def test_minilm_matches_sentence_transformers(minilm_embeddings):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm_model_dir()), device="cpu")
+    expected = torch.as_tensor(reference.encode(PROMPTS, convert_to_numpy=True))
+    torch.testing.assert_close(minilm_embeddings, expected, atol=1e-5, rtol=0)
+
+
+def test_minilm_batching_does_not_change_embeddings(minilm, minilm_embeddings):
+    # Each prompt alone (no padding) must give the same vector as inside a padded batch.
+    alone = torch.cat([minilm.encode([p]) for p in PROMPTS])
+    torch.testing.assert_close(alone, minilm_embeddings, atol=1e-5, rtol=0)
+
+
+def test_minilm_similar_prompts_are_closer(minilm_embeddings):
+    similarity = minilm_embeddings @ minilm_embeddings.T
+    assert similarity[0, 1] > 0.8
+    assert similarity[0, 1] > similarity[0, 2] + 0.3
+    assert similarity[0, 1] > similarity[0, 3]
+
+
+def test_minilm_is_lazy_and_satisfies_protocol():
+    encoder = MiniLMEncoder()
+    assert isinstance(encoder, TextEncoder)
+    assert (encoder.id, encoder.dim) == ("all-MiniLM-L6-v2", 384)
+    assert not encoder.loaded
+    assert encoder.encode([]).shape == (0, 384)
+    assert not encoder.loaded  # nothing to encode, nothing loaded
+
+
+def test_encode_rejects_a_bare_string(minilm):
+    with pytest.raises(PromptError, match="list of strings, got str"):
+        minilm.encode("a red cube")
+    with pytest.raises(PromptError, match=r"prompts\[1\] must be a string, got int"):
+        minilm.encode(["a red cube", 3])
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cache_hit_does_not_call_the_encoder(tmp_path):
+    fake = FakeEncoder()
+    cached = CachedEncoder(fake, tmp_path)
+    first = cached.encode(["a", "b", "a"])
+    assert fake.calls == [["a", "b"]]  # duplicates encoded once
+    torch.testing.assert_close(first[0], first[2])
+    torch.testing.assert_close(first, fake.encode(["a", "b", "a"]))
+    fake.calls.clear()
+
+    assert torch.equal(cached.encode(["b", "a"]), first[[1, 0]])  # memory hit
+    assert fake.calls == []
+
+    fresh = FakeEncoder()
+    from_disk = CachedEncoder(fresh, tmp_path).encode(["a", "b"])  # new process: disk hit
+    assert fresh.calls == []
+    assert torch.equal(from_disk, first[:2])
+
+    CachedEncoder(fresh, tmp_path).encode(["a", "c"])  # only the missing prompt is encoded
+    assert fresh.calls == [["c"]]
+
+
+def test_cache_files_are_safetensors_keyed_by_encoder_and_prompt(tmp_path):
+    fake = FakeEncoder()
+    CachedEncoder(fake, tmp_path).encode(["a red cube", "a blue sphere"])
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert len(files) == 2  # and no temp files left behind
+    for path in files:
+        assert path.suffix == ".safetensors"
+        with safe_open(path, framework="pt") as f:
+            prompt = f.metadata()["prompt"]
+            assert f.metadata()["encoder"] == fake.id
+        expected_key = hashlib.sha256(f'["{fake.id}", "{prompt}"]'.encode()).hexdigest()
+        assert path.stem == expected_key
+        torch.testing.assert_close(load_file(path)["embedding"], fake.encode([prompt])[0])
+
+    other = FakeEncoder(id="another-encoder")
+    CachedEncoder(other, tmp_path).encode(["a red cube"])
+    assert other.calls == [["a red cube"]]  # another encoder's entries are never reused
+
+
+def test_corrupt_cache_file_is_recomputed(tmp_path):
+    fake = FakeEncoder()
+    cached = CachedEncoder(fake, tmp_path)
+    expected = cached.encode(["a red cube"])
+    cached.path_for("a red cube").write_bytes(b"\x80\x04 not safetensors")
+    fake.calls.clear()
+    assert torch.equal(CachedEncoder(fake, tmp_path).encode(["a red cube"]), expected)
+    assert fake.calls == [["a red cube"]]
+    assert torch.equal(load_file(cached.path_for("a red cube"))["embedding"], expected[0])
+
+
+def test_memory_cache_is_bounded(tmp_path):
+    cached = CachedEncoder(FakeEncoder(), tmp_path, memory_items=2)
+    cached.encode(["a", "b", "c"])
+    assert list(cached._memory) == ["b", "c"]
+
+
+def test_cache_rejects_encoder_output_of_wrong_shape(tmp_path):
+    class Broken(FakeEncoder):
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), self.dim + 1)
+
+    with pytest.raises(ValueError, match=r"returned shape \(1, 5\), expected \(1, 4\)"):
+        CachedEncoder(Broken(), tmp_path).encode(["a"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+def test_get_text_encoder_minilm_is_cached_and_matches(tmp_path, minilm_embeddings):
+    encoder = get_text_encoder("minilm", cache_dir=str(tmp_path))
+    assert isinstance(encoder, CachedEncoder)
+    assert (encoder.id, encoder.dim) == ("all-MiniLM-L6-v2", 384)
+    torch.testing.assert_close(encoder.encode(PROMPTS[:2]), minilm_embeddings[:2], atol=1e-5, rtol=0)
+    assert len(list((tmp_path / "all-MiniLM-L6-v2").glob("*.safetensors"))) == 2
+    # A fresh wrapper answers from disk without ever loading the model.
+    again = get_text_encoder("minilm", cache_dir=str(tmp_path))
+    again.encode(PROMPTS[:2])
+    assert not again.encoder.loaded
+    assert isinstance(get_text_encoder("minilm", cached=False), MiniLMEncoder)
+
+
+def test_default_cache_dir_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATT3D_CACHE", str(tmp_path))
+    assert get_text_encoder().cache_dir == tmp_path / "text"
+    monkeypatch.delenv("ATT3D_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert get_text_encoder().cache_dir == tmp_path / "home" / ".cache" / "att3d" / "text"
+
+
+def test_register_and_unknown_encoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(text, "_ENCODERS", dict(text._ENCODERS))
+    register_text_encoder("fake", FakeEncoder)
+    encoder = get_text_encoder("fake", cache_dir=tmp_path)
+    assert encoder.id == "fake/encoder v1"
+    assert not (tmp_path / "fake_encoder_v1").exists()  # nothing written before the first encode
+    encoder.encode(["x"])
+    assert (tmp_path / "fake_encoder_v1").is_dir()
+    with pytest.raises(ValueError, match="already registered"):
+        register_text_encoder("fake", FakeEncoder)
+    with pytest.raises(ValueError, match=r"unknown text encoder 'clip' \(known: fake, minilm\)"):
+        get_text_encoder("clip")
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt validation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_validate_prompt_strips():
+    assert validate_prompt("  a red cube\n") == "a red cube"
+    assert validate_prompt("x" * 1000) == "x" * 1000
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        (None, "prompt must be a string, got NoneType"),
+        (42, "prompt must be a string, got int"),
+        (b"a red cube", "prompt must be a string, got bytes"),
+        ("", "prompt is empty"),
+        (" \t\n ", "prompt contains only whitespace"),
+        ("x" * 1001, r"prompt is too long: 1001 characters \(limit 1000\)"),
+    ],
+)
+def test_validate_prompt_errors(prompt, message):
+    with pytest.raises(PromptError, match=message):
+        validate_prompt(prompt)
+    assert issubclass(PromptError, ValueError)
+
+
+def test_validate_prompt_custom_limit():
+    with pytest.raises(PromptError, match=r"too long: 11 characters \(limit 10\)"):
+        validate_prompt("  a red cubes  ", max_chars=10)
