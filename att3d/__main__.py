@@ -1,0 +1,5 @@
+"""``python -m att3d`` (also what ``torchrun -m att3d train ...`` runs)."""
+
+from att3d.cli import main
+
+main()

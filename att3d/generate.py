@@ -1,0 +1,193 @@
+"""Inference: a loaded generator turns prompts (or blends of prompts) into meshes.
+
+``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
+was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
+is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> dense query -> marching cubes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import trimesh
+from torch import Tensor
+
+from att3d.checkpoint import CheckpointError, load_checkpoint
+from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
+from att3d.field import AmortizedField, PromptField
+from att3d.mesh import extract_mesh
+from att3d.text import TextEncoder, get_text_encoder, validate_prompt
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default-model"
+"""The shipped generator; until one is trained, a seeded initialization (a density blob) stands in."""
+
+RESOLUTION_RANGE = (16, 512)
+"""Allowed marching-cubes resolutions."""
+
+
+@dataclass
+class Generator:
+    """A loaded amortized generator, ready to produce meshes."""
+
+    field: AmortizedField
+    config: ModelConfig
+    encoder: TextEncoder
+    name: str
+    model_hash: str
+    """sha256 of the weights; identifies the model in caches, ETags and response headers."""
+    prompts: list[str] = dataclasses.field(default_factory=list)
+    """The prompt set the model was trained on."""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Training metadata from the checkpoint manifest (step, run name, ...)."""
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, name: str | None = None, device: str = "cpu") -> Generator:
+        """Load and verify a checkpoint directory (see ``att3d.checkpoint``)."""
+        ckpt = load_checkpoint(path)
+        config = from_dict(ModelConfig, ckpt.config)
+        encoder = get_text_encoder(config.text.encoder)
+        if encoder.id != ckpt.text_encoder:
+            raise CheckpointError(
+                f"{path}: trained with text encoder {ckpt.text_encoder!r} but config.text.encoder "
+                f"{config.text.encoder!r} gives {encoder.id!r}"
+            )
+        model = AmortizedField(config.field)
+        missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not match the config "
+                f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+            )
+        model.eval().to(device)
+        return cls(
+            field=model,
+            config=config,
+            encoder=encoder,
+            name=name or str(ckpt.metadata.get("name") or Path(path).name),
+            model_hash=ckpt.weights_sha256,
+            prompts=list(ckpt.prompts),
+            metadata=dict(ckpt.metadata),
+            device=torch.device(device),
+        )
+
+    @classmethod
+    def default(cls, device: str = "cpu") -> Generator:
+        """The bundled model, or a deterministic seeded initialization when none is shipped yet."""
+        if (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+            return cls.from_checkpoint(DEFAULT_MODEL_DIR, name="default", device=device)
+        return cls.seeded(ModelConfig(), seed=0, device=device)
+
+    @classmethod
+    def seeded(cls, config: ModelConfig, seed: int = 0, device: str = "cpu") -> Generator:
+        """An untrained generator from a fixed seed: its density blob meshes to a sphere-like shape."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AmortizedField(config.field).eval().to(device)
+        digest = hashlib.sha256()
+        for key, value in sorted(model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return cls(
+            field=model,
+            config=config,
+            encoder=get_text_encoder(config.text.encoder),
+            name="default",
+            model_hash=digest.hexdigest(),
+            metadata={"step": 0, "note": f"untrained seeded initialization (seed {seed})"},
+            device=torch.device(device),
+        )
+
+    # ---- conditioning ----------------------------------------------------------------------------
+
+    def embed(self, prompts: list[str]) -> Tensor:
+        """Validated prompts -> embeddings ``[N, D]`` on the model's device."""
+        clean = [validate_prompt(p, self.config.text.max_prompt_chars) for p in prompts]
+        return self.encoder.encode(clean).to(self.device)
+
+    def blend(self, prompts: list[str], weights: list[float]) -> Tensor:
+        """The embedding ``sum_i w_i c_i`` of a convex combination of prompts ``[D]``."""
+        if len(prompts) < 1:
+            raise ValueError("prompts: at least one prompt is needed")
+        if len(weights) != len(prompts):
+            raise ValueError(f"weights: got {len(weights)} weights for {len(prompts)} prompts")
+        w = torch.tensor(weights, dtype=torch.float32)
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError("weights: every weight must be a finite number >= 0")
+        if abs(float(w.sum()) - 1.0) > 1e-4:
+            raise ValueError(f"weights: must sum to 1, got {float(w.sum()):.6g}")
+        return (w.to(self.device)[:, None] * self.embed(prompts)).sum(dim=0)
+
+    # ---- geometry --------------------------------------------------------------------------------
+
+    def prompt_field(self, embedding: Tensor) -> PromptField:
+        """The single-prompt field for an embedding ``[D]``."""
+        return self.field.materialize(embedding.to(self.device))
+
+    def mesh(self, embedding: Tensor, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
+        """Mesh of the field conditioned on ``embedding [D]``."""
+        config = mesh_config or self.config.mesh
+        check_resolution(config.resolution)
+        return extract_mesh(
+            self.prompt_field(embedding), config, bound=self.config.field.bound, device=self.device
+        )
+
+    def generate(self, prompt: str, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
+        """Prompt -> mesh."""
+        return self.mesh(self.embed([prompt])[0], mesh_config)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: name, hash, prompt count, training step, config."""
+        return {
+            "name": self.name,
+            "model_hash": self.model_hash,
+            "text_encoder": self.encoder.id,
+            "num_prompts": len(self.prompts),
+            "training_steps": int(self.metadata.get("step", 0)),
+            "parameters": sum(p.numel() for p in self.field.parameters()),
+            "config": to_dict(self.config),
+        }
+
+
+def check_resolution(resolution: int) -> int:
+    """Reject marching-cubes resolutions outside :data:`RESOLUTION_RANGE`."""
+    lo, hi = RESOLUTION_RANGE
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or not lo <= resolution <= hi:
+        raise ValueError(f"resolution must be an integer in [{lo}, {hi}], got {resolution!r}")
+    return resolution
+
+
+def interpolation_weights(num_prompts: int, frames: int) -> list[list[float]]:
+    """Weights of a walk through ``num_prompts`` prompts in ``frames`` evenly spaced steps.
+
+    The walk goes from the first prompt to the last through each in turn (piecewise linear), so frame 0 is
+    exactly the first prompt and the last frame exactly the last one.
+    """
+    if num_prompts < 2:
+        raise ValueError("prompts: an interpolation needs at least two prompts")
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2, got {frames}")
+    walks = []
+    segments = num_prompts - 1
+    for i in range(frames):
+        position = segments * i / (frames - 1)
+        left = min(int(position), segments - 1)
+        alpha = position - left
+        weights = [0.0] * num_prompts
+        weights[left] = 1.0 - alpha
+        weights[left + 1] = alpha
+        walks.append(weights)
+    return walks
+
+
+def mesh_summary(mesh: trimesh.Trimesh) -> dict[str, Any]:
+    """Vertex/face counts and bounds, for logs and ``att3d generate`` output."""
+    return {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "bounds": mesh.bounds.tolist()}
