@@ -1,0 +1,89 @@
+"""Amortized field: mapping-network mixing equals the materialized single-prompt grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from att3d.config import EncodingConfig, FieldConfig
+from att3d.field import AmortizedField, trunc_exp
+
+
+def tiny_config(**overrides) -> FieldConfig:
+    enc = EncodingConfig(
+        levels=4, features_per_level=2, log2_table_size=10, base_resolution=4, growth_factor=2.0
+    )
+    return FieldConfig(encoding=enc, text_dim=8, num_bases=3, hidden_dim=16, **overrides)
+
+
+@pytest.fixture()
+def field_and_embeddings() -> tuple[AmortizedField, torch.Tensor]:
+    torch.manual_seed(0)
+    field = AmortizedField(tiny_config()).eval()
+    return field, torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+
+
+@pytest.mark.parametrize("points_per_prompt", [4, 2000])  # both mixing strategies (features / tables)
+def test_materialize_equals_mixed_evaluation(field_and_embeddings, points_per_prompt) -> None:
+    field, emb = field_and_embeddings
+    points = torch.rand(3, points_per_prompt, 3) * 2 - 1
+    density, albedo = field(points, emb)
+    for i in range(3):
+        d, a = field.materialize(emb[i])(points[i])
+        torch.testing.assert_close(d, density[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, albedo[i], rtol=1e-5, atol=1e-6)
+
+
+def test_output_ranges_and_shapes(field_and_embeddings) -> None:
+    field, emb = field_and_embeddings
+    density, albedo = field(torch.rand(3, 10, 3) * 2 - 1, emb)
+    assert density.shape == (3, 10) and albedo.shape == (3, 10, 3)
+    assert (density >= 0).all() and ((albedo >= 0) & (albedo <= 1)).all()
+
+
+def test_density_blob_makes_centre_denser_than_corners(field_and_embeddings) -> None:
+    field, emb = field_and_embeddings
+    density, _ = field(torch.tensor([[[0.0, 0.0, 0.0], [0.9, 0.9, 0.9]]]), emb[:1])
+    assert density[0, 0] > 100 * density[0, 1]
+
+
+def test_different_prompts_give_different_fields(field_and_embeddings) -> None:
+    field, emb = field_and_embeddings
+    points = torch.rand(1, 100, 3) * 2 - 1
+    d0, _ = field(points, emb[:1])
+    d1, _ = field(points, emb[1:2])
+    assert not torch.allclose(d0, d1)
+
+
+def test_spectral_norm_bounds_the_text_to_grid_map() -> None:
+    """After normalization the basis matrix W2 has spectral norm ~1 (times mixing_gain)."""
+    torch.manual_seed(0)
+    field = AmortizedField(tiny_config(mixing_gain=1.0)).eval()
+    k, f = 3, 2
+    w2 = torch.cat([t.detach().view(-1, k, f).permute(0, 2, 1).reshape(-1, k) for t in field.bases.tables])
+    scaled = w2 * field.output_scale().detach()
+    assert abs(torch.linalg.matrix_norm(scaled, ord=2).item() - 1.0) < 1e-2  # power iteration
+
+
+def test_gradients_reach_mapping_bases_and_head(field_and_embeddings) -> None:
+    field, emb = field_and_embeddings
+    field.train()
+    density, albedo = field(torch.rand(3, 64, 3) * 2 - 1, emb)
+    (density.mean() + albedo.mean()).backward()
+    named = dict(field.named_parameters())
+    assert any("mapping" in n and p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items())
+    assert all(t.grad is not None for t in field.bases.tables)
+    assert all(p.grad is not None for p in field.head.parameters())
+
+
+def test_trunc_exp_gradient_is_clamped() -> None:
+    x = torch.tensor([0.0, 100.0], requires_grad=True)
+    y = trunc_exp(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert x.grad[1] == pytest.approx(torch.exp(torch.tensor(15.0)).item(), rel=1e-5)
+
+
+def test_unknown_density_activation_is_rejected() -> None:
+    with pytest.raises(ValueError, match="density_activation"):
+        AmortizedField(tiny_config(density_activation="relu"))
