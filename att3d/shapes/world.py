@@ -1,0 +1,499 @@
+"""ShapesWorld: analytic shapes × named colours, with exact signed distances and prompts.
+
+Every object is one primitive standing upright (+z up) and centred at the origin, with one uniform
+colour. Shapes are sized so that the whole object lies within radius ~0.62 of the origin: with the
+default camera (distance 2.8, fovy 40°) it fills roughly half the image and never leaves the
+scene box ``[-1, 1]^3``.
+
+Signed distances are **exact** Euclidean distances in world units (negative inside), not bounds, so
+sphere tracing is tight, surface projection ``p - sdf(p) ∇sdf(p)`` lands on the surface in one step
+and ``|sdf|`` can be used as a distance in metrics. Two families carry most shapes:
+
+- solids of revolution about +z (cylinder, cone) are a convex polygon profile in the ``(r, z)``
+  half-plane, mirrored about the axis; their SDF is the 2D polygon SDF evaluated at
+  ``(sqrt(x² + y²), z)``;
+- convex polyhedra (pyramid) use the distance to the nearest face outside and the largest signed
+  plane distance inside (exact for convex solids).
+
+The cube and the pyramid are not symmetric about the vertical axis on purpose: a view-conditioned
+prior must learn how they change with azimuth (the feasibility probe in DESIGN.md §3 produced an
+azimuth-averaged cylinder when the only non-symmetric shape was rarely distinguishable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SdfFn = Callable[[Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact SDF building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_points(points: Tensor) -> Tensor:
+    if not isinstance(points, Tensor):
+        raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+    if points.shape[-1] != 3:
+        raise ValueError(f"points must have shape [..., 3], got {tuple(points.shape)}")
+    if not points.is_floating_point():
+        points = points.float()
+    return points
+
+
+def _segment_distance(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Distance from points ``p [..., D]`` to the segment ``a``–``b`` (each ``[D]``)."""
+    e = b - a
+    w = p - a
+    t = ((w * e).sum(-1) / (e * e).sum()).clamp(0.0, 1.0)
+    return (w - t[..., None] * e).norm(dim=-1)
+
+
+def _convex_polygon_sdf_2d(q: Tensor, vertices: Tensor) -> Tensor:
+    """Exact SDF of a convex polygon (vertices ``[V, 2]`` counter-clockwise) at points ``q [..., 2]``."""
+    distance = torch.full(q.shape[:-1], float("inf"), dtype=q.dtype, device=q.device)
+    inside = torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)
+    for k in range(vertices.shape[0]):
+        a, b = vertices[k], vertices[(k + 1) % vertices.shape[0]]
+        distance = torch.minimum(distance, _segment_distance(q, a, b))
+        e, w = b - a, q - a
+        # Counter-clockwise order: the interior is on the left of every edge.
+        inside &= (e[0] * w[..., 1] - e[1] * w[..., 0]) >= 0
+    return torch.where(inside, -distance, distance)
+
+
+def _revolved_polygon_sdf(points: Tensor, profile: Sequence[tuple[float, float]]) -> Tensor:
+    """Exact SDF of the solid swept by a convex ``(r, z)`` profile, symmetric about ``r = 0``, around +z."""
+    vertices = torch.tensor(profile, dtype=points.dtype, device=points.device)
+    q = torch.stack([points[..., :2].norm(dim=-1), points[..., 2]], dim=-1)
+    return _convex_polygon_sdf_2d(q, vertices)
+
+
+@dataclass(frozen=True)
+class _ConvexPolyhedron:
+    """A convex polyhedron given by its vertices and faces (vertex index loops, any orientation)."""
+
+    vertices: tuple[tuple[float, float, float], ...]
+    faces: tuple[tuple[int, ...], ...]
+
+    def sdf(self, points: Tensor) -> Tensor:
+        verts = torch.tensor(self.vertices, dtype=points.dtype, device=points.device)
+        centroid = verts.mean(dim=0)
+        face_distance = torch.full(points.shape[:-1], float("inf"), dtype=points.dtype, device=points.device)
+        plane_max = torch.full_like(face_distance, -float("inf"))
+        for face in self.faces:
+            loop = verts[list(face)]
+            normal = torch.linalg.cross(loop[1] - loop[0], loop[2] - loop[0])
+            normal = normal / normal.norm()
+            if torch.dot(normal, loop[0] - centroid) < 0:
+                # Orient every face outwards so "left of each edge" means "inside the face".
+                loop, normal = loop.flip(0), -normal
+            height = ((points - loop[0]) * normal).sum(-1)
+            plane_max = torch.maximum(plane_max, height)
+            projected = points - height[..., None] * normal
+            in_face = torch.ones_like(height, dtype=torch.bool)
+            edge_distance = torch.full_like(height, float("inf"))
+            for k in range(loop.shape[0]):
+                a, b = loop[k], loop[(k + 1) % loop.shape[0]]
+                edge = (b - a).expand_as(projected)
+                in_face &= (torch.linalg.cross(edge, projected - a, dim=-1) * normal).sum(-1) >= 0
+                edge_distance = torch.minimum(edge_distance, _segment_distance(points, a, b))
+            face_distance = torch.minimum(face_distance, torch.where(in_face, height.abs(), edge_distance))
+        # Inside a convex solid the nearest boundary point lies on the nearest face plane.
+        return torch.where(plane_max > 0, face_distance, plane_max)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------------
+
+SPHERE_RADIUS = 0.45
+CUBE_HALF_SIZE = 0.35
+CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT = 0.3, 0.4
+CONE_RADIUS, CONE_HALF_HEIGHT = 0.4, 0.4
+TORUS_MAJOR, TORUS_MINOR = 0.35, 0.15
+CAPSULE_RADIUS, CAPSULE_HALF_LENGTH = 0.25, 0.25
+PYRAMID_HALF_BASE, PYRAMID_HALF_HEIGHT = 0.35, 0.35
+
+_PYRAMID = _ConvexPolyhedron(
+    vertices=(
+        (PYRAMID_HALF_BASE, PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
+        (-PYRAMID_HALF_BASE, PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
+        (-PYRAMID_HALF_BASE, -PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
+        (PYRAMID_HALF_BASE, -PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
+        (0.0, 0.0, PYRAMID_HALF_HEIGHT),
+    ),
+    faces=((0, 1, 2, 3), (0, 1, 4), (1, 2, 4), (2, 3, 4), (3, 0, 4)),
+)
+
+
+def sphere_sdf(points: Tensor) -> Tensor:
+    """Sphere of radius ``SPHERE_RADIUS``."""
+    return points.norm(dim=-1) - SPHERE_RADIUS
+
+
+def cube_sdf(points: Tensor) -> Tensor:
+    """Axis-aligned cube of half-size ``CUBE_HALF_SIZE`` (faces face ±x, ±y, ±z)."""
+    q = points.abs() - CUBE_HALF_SIZE
+    return q.clamp_min(0.0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0.0)
+
+
+def cylinder_sdf(points: Tensor) -> Tensor:
+    """Upright cylinder: radius ``CYLINDER_RADIUS``, z in ``±CYLINDER_HALF_HEIGHT``."""
+    r, h = CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT
+    return _revolved_polygon_sdf(points, [(-r, -h), (r, -h), (r, h), (-r, h)])
+
+
+def cone_sdf(points: Tensor) -> Tensor:
+    """Upright cone, apex up: base radius ``CONE_RADIUS`` at ``z = -CONE_HALF_HEIGHT``, apex at ``+``."""
+    r, h = CONE_RADIUS, CONE_HALF_HEIGHT
+    return _revolved_polygon_sdf(points, [(-r, -h), (r, -h), (0.0, h)])
+
+
+def torus_sdf(points: Tensor) -> Tensor:
+    """Torus lying flat in the xy-plane: tube centre radius ``TORUS_MAJOR``, tube radius ``TORUS_MINOR``."""
+    q = torch.stack([points[..., :2].norm(dim=-1) - TORUS_MAJOR, points[..., 2]], dim=-1)
+    return q.norm(dim=-1) - TORUS_MINOR
+
+
+def capsule_sdf(points: Tensor) -> Tensor:
+    """Upright capsule: radius ``CAPSULE_RADIUS`` around the z-segment ``±CAPSULE_HALF_LENGTH``."""
+    z = points[..., 2].clamp(-CAPSULE_HALF_LENGTH, CAPSULE_HALF_LENGTH)
+    axis_point = torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], dim=-1)
+    return (points - axis_point).norm(dim=-1) - CAPSULE_RADIUS
+
+
+def pyramid_sdf(points: Tensor) -> Tensor:
+    """Square pyramid, apex up: base half-width ``PYRAMID_HALF_BASE``, z in ``±PYRAMID_HALF_HEIGHT``."""
+    return _PYRAMID.sdf(points)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One primitive of the world."""
+
+    name: str
+    """Canonical name, used in canonical prompts and split files."""
+    nouns: tuple[str, ...]
+    """Words that name the shape in prompts; the first is the canonical noun."""
+    sdf: SdfFn
+    """Exact signed distance ``[..., 3] -> [...]`` in world units (negative inside)."""
+    bounding_radius: float
+    """Radius of a sphere around the origin that contains the whole shape."""
+    volume: float
+    """Exact volume (world units cubed), for tests and sanity checks."""
+
+
+_PI = 3.141592653589793
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in (
+        Shape("sphere", ("sphere", "ball", "orb"), sphere_sdf, SPHERE_RADIUS, 4 / 3 * _PI * SPHERE_RADIUS**3),
+        Shape("cube", ("cube", "box", "block"), cube_sdf, 3**0.5 * CUBE_HALF_SIZE, (2 * CUBE_HALF_SIZE) ** 3),
+        Shape(
+            "cylinder",
+            ("cylinder", "can", "drum"),
+            cylinder_sdf,
+            (CYLINDER_RADIUS**2 + CYLINDER_HALF_HEIGHT**2) ** 0.5,
+            _PI * CYLINDER_RADIUS**2 * 2 * CYLINDER_HALF_HEIGHT,
+        ),
+        Shape(
+            "cone",
+            ("cone",),
+            cone_sdf,
+            (CONE_RADIUS**2 + CONE_HALF_HEIGHT**2) ** 0.5,
+            _PI * CONE_RADIUS**2 * 2 * CONE_HALF_HEIGHT / 3,
+        ),
+        Shape(
+            "torus",
+            ("torus", "ring", "donut", "doughnut"),
+            torus_sdf,
+            TORUS_MAJOR + TORUS_MINOR,
+            2 * _PI**2 * TORUS_MAJOR * TORUS_MINOR**2,
+        ),
+        Shape(
+            "capsule",
+            ("capsule", "pill"),
+            capsule_sdf,
+            CAPSULE_RADIUS + CAPSULE_HALF_LENGTH,
+            _PI * CAPSULE_RADIUS**2 * (2 * CAPSULE_HALF_LENGTH + 4 / 3 * CAPSULE_RADIUS),
+        ),
+        Shape(
+            "pyramid",
+            ("pyramid",),
+            pyramid_sdf,
+            (2 * PYRAMID_HALF_BASE**2 + PYRAMID_HALF_HEIGHT**2) ** 0.5,
+            (2 * PYRAMID_HALF_BASE) ** 2 * 2 * PYRAMID_HALF_HEIGHT / 3,
+        ),
+    )
+}
+"""All shapes, in the fixed order used by split files and class indices."""
+
+SHAPE_NAMES: tuple[str, ...] = tuple(SHAPES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Colours
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Color:
+    """One named colour of the world."""
+
+    name: str
+    """Canonical name."""
+    rgb: tuple[float, float, float]
+    """Albedo in [0, 1]."""
+    synonyms: tuple[str, ...] = ()
+    """Other words accepted for this colour in prompts."""
+
+
+COLORS: dict[str, Color] = {
+    c.name: c
+    for c in (
+        Color("red", (0.85, 0.10, 0.10)),
+        Color("orange", (1.00, 0.50, 0.00)),
+        Color("yellow", (0.95, 0.95, 0.10)),
+        Color("green", (0.10, 0.65, 0.15)),
+        Color("cyan", (0.00, 0.75, 0.85), ("turquoise",)),
+        Color("blue", (0.10, 0.20, 0.90)),
+        Color("purple", (0.55, 0.10, 0.70), ("violet",)),
+        Color("gray", (0.50, 0.50, 0.50), ("grey",)),
+    )
+}
+"""All colours, in the fixed order used by split files and class indices.
+
+Pairwise RGB distances are at least 0.43 (red–orange), so the nearest named colour of a roughly
+right albedo is unambiguous. There is deliberately no white and no black:
+
+- white on the white background vanishes wherever the surface faces the light
+  (``albedo · shade = 1 = background``), so its silhouette, which carries most of the shape signal
+  for SDS, is lost, and an empty scene scores almost as well as the object;
+- black shows no shading (``0 · shade = 0``), so its 3D form is readable only from the silhouette.
+
+Gray stands in as the achromatic colour: it differs from the background even when fully lit and
+still shows shading.
+"""
+
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Objects and prompts
+# --------------------------------------------------------------------------------------------------
+
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a {color} {noun}",
+    "{color} {noun}",
+    "the {color} {noun}",
+    "a {noun} that is {color}",
+    "a {noun} in {color}",
+    "a {color} colored {noun}",
+)
+"""Phrasings of a prompt; the first one, with the canonical noun, is the canonical prompt."""
+
+_FILLER_WORDS = frozenset({"a", "an", "the", "that", "is", "in", "colored", "coloured"})
+_VOWEL_ARTICLE = re.compile(r"\ba ([aeiou])")
+
+
+def _with_articles(text: str) -> str:
+    """``a orange cube`` -> ``an orange cube`` (all world words start with a vowel sound iff a vowel)."""
+    return _VOWEL_ARTICLE.sub(r"an \1", text)
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object of the world: a shape with a uniform colour."""
+
+    shape: str
+    """Canonical shape name (a key of ``SHAPES``)."""
+    color: str
+    """Canonical colour name (a key of ``COLORS``)."""
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}; known shapes: {', '.join(SHAPE_NAMES)}")
+        if self.color not in COLORS:
+            raise ValueError(f"unknown color {self.color!r}; known colors: {', '.join(COLOR_NAMES)}")
+
+    @property
+    def rgb(self) -> Tensor:
+        """Albedo ``(3,)`` in [0, 1]."""
+        return torch.tensor(COLORS[self.color].rgb)
+
+    @property
+    def bounding_radius(self) -> float:
+        """Radius of a sphere around the origin that contains the object."""
+        return SHAPES[self.shape].bounding_radius
+
+    def sdf(self, points: Tensor) -> Tensor:
+        """Exact signed distance ``[..., 3] -> [...]`` in world units, negative inside."""
+        return SHAPES[self.shape].sdf(_check_points(points))
+
+    def occupancy(self, points: Tensor) -> Tensor:
+        """Boolean inside test ``[..., 3] -> [...]`` (points on the surface count as inside)."""
+        return self.sdf(points) <= 0
+
+    @property
+    def canonical_prompt(self) -> str:
+        """``a red cube``: the one phrasing used for captions, caches and class names."""
+        return _with_articles(PROMPT_TEMPLATES[0].format(color=self.color, noun=self.shape))
+
+    @property
+    def prompts(self) -> list[str]:
+        """Every supported phrasing with every noun for the shape (canonical prompt first)."""
+        result = []
+        for template in PROMPT_TEMPLATES:
+            for noun in SHAPES[self.shape].nouns:
+                text = _with_articles(template.format(color=self.color, noun=noun))
+                if text not in result:
+                    result.append(text)
+        return result
+
+    @property
+    def shape_index(self) -> int:
+        """Position of the shape in ``SHAPE_NAMES`` (class index)."""
+        return SHAPE_NAMES.index(self.shape)
+
+    @property
+    def color_index(self) -> int:
+        """Position of the colour in ``COLOR_NAMES`` (class index)."""
+        return COLOR_NAMES.index(self.color)
+
+
+def all_objects() -> list[ShapeObject]:
+    """Every (shape, colour) combination, shape-major in the canonical orders."""
+    return [ShapeObject(shape, color) for shape in SHAPE_NAMES for color in COLOR_NAMES]
+
+
+_NOUN_TO_SHAPE = {noun: s.name for s in SHAPES.values() for noun in s.nouns}
+_WORD_TO_COLOR = {word: c.name for c in COLORS.values() for word in (c.name, *c.synonyms)}
+
+
+def parse_prompt(text: str) -> ShapeObject | None:
+    """The object a prompt names, or ``None`` if it is not a ShapesWorld prompt.
+
+    Accepts every phrasing of ``ShapeObject.prompts`` and colour synonyms (grey, violet, ...),
+    case-, punctuation- and hyphen-insensitively. The parse is strict: any word outside the world's
+    vocabulary, or two different shapes or colours, gives ``None`` rather than a guess, so this can
+    serve as an oracle for "which object does this prompt ask for".
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"prompt must be a string, got {type(text).__name__}")
+    words = re.sub(r"[-_]", " ", text.lower())
+    words = re.sub(r"[.,;:!?\"']", " ", words).split()
+    shapes, colors = set(), set()
+    for word in words:
+        if word in _NOUN_TO_SHAPE:
+            shapes.add(_NOUN_TO_SHAPE[word])
+        elif word in _WORD_TO_COLOR:
+            colors.add(_WORD_TO_COLOR[word])
+        elif word not in _FILLER_WORDS:
+            return None
+    if len(shapes) != 1 or len(colors) != 1:
+        return None
+    return ShapeObject(shapes.pop(), colors.pop())
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt splits
+# --------------------------------------------------------------------------------------------------
+
+SPLITS_VERSION = 1
+"""Version of the split-file format (and of the split itself) this code reads."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Which objects each stage sees (loaded from the versioned ``splits.json`` shipped here)."""
+
+    version: int
+    """Split-file version."""
+    prior: tuple[ShapeObject, ...]
+    """Every object the diffusion prior is trained on (the whole shape × colour grid)."""
+    train: tuple[ShapeObject, ...]
+    """Objects the amortized generator trains on."""
+    heldout: tuple[ShapeObject, ...]
+    """Objects never shown to the generator, scored separately (unseen prompts)."""
+
+
+def load_splits(path: str | Path | None = None) -> Splits:
+    """Read and validate a split file; the default is the one bundled with the package.
+
+    Raises ``ValueError`` naming the problem if the version is unsupported, the file's shape or
+    colour lists differ from the world's, an entry is unknown or repeated, train and held-out
+    overlap, or they are not both inside the prior's set.
+    """
+    if path is None:
+        source = resources.files("att3d.shapes").joinpath("splits.json")
+        where, text = "att3d/shapes/splits.json", source.read_text()
+    else:
+        where, text = str(path), Path(path).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: invalid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: the top level must be an object")
+    if data.get("version") != SPLITS_VERSION:
+        found = data.get("version")
+        raise ValueError(f"{where}: unsupported split version {found!r}, expected {SPLITS_VERSION}")
+    for key, expected in (("shapes", SHAPE_NAMES), ("colors", COLOR_NAMES)):
+        if tuple(data.get(key, ())) != expected:
+            raise ValueError(f"{where}: '{key}' is {data.get(key)!r} but the world has {list(expected)}")
+    groups = {key: _read_objects(data, key, where) for key in ("prior", "train", "heldout")}
+    overlap = set(groups["train"]) & set(groups["heldout"])
+    if overlap:
+        names = ", ".join(sorted(o.canonical_prompt for o in overlap))
+        raise ValueError(f"{where}: train and heldout overlap: {names}")
+    outside = (set(groups["train"]) | set(groups["heldout"])) - set(groups["prior"])
+    if outside:
+        names = ", ".join(sorted(o.canonical_prompt for o in outside))
+        raise ValueError(f"{where}: objects missing from 'prior': {names}")
+    return Splits(version=data["version"], **groups)
+
+
+def _read_objects(data: dict[str, Any], key: str, where: str) -> tuple[ShapeObject, ...]:
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: '{key}' must be a list of [shape, color] pairs")
+    objects = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise ValueError(f"{where}: {key}[{i}] must be a [shape, color] pair, got {entry!r}")
+        try:
+            objects.append(ShapeObject(entry[0], entry[1]))
+        except ValueError as err:
+            raise ValueError(f"{where}: {key}[{i}]: {err}") from None
+    if len(set(objects)) != len(objects):
+        raise ValueError(f"{where}: '{key}' lists an object twice")
+    return tuple(objects)
+
+
+__all__ = [
+    "COLORS",
+    "COLOR_NAMES",
+    "PROMPT_TEMPLATES",
+    "SHAPES",
+    "SHAPE_NAMES",
+    "SPLITS_VERSION",
+    "Color",
+    "Shape",
+    "ShapeObject",
+    "Splits",
+    "all_objects",
+    "load_splits",
+    "parse_prompt",
+]
