@@ -96,39 +96,31 @@ class AmortizedField(nn.Module):
         self.head = FieldHead(config)
         self.register_buffer("_sn_u", F.normalize(torch.randn(k), dim=0))
         with torch.no_grad():
-            for _ in range(30):
+            for _ in range(20):
                 self._power_iteration()
 
     # ---- mapping network -------------------------------------------------------------------------
 
-    def _basis_matrix_products(self, u: Tensor) -> Tensor:
-        """``W2 u`` for every level, as a list flattened into one vector."""
+    def _basis_tables(self) -> list[Tensor]:
+        """The columns of W2 per level, viewed as ``[T_l, K, F]``."""
         k, f = self.config.num_bases, self.config.encoding.features_per_level
-        parts = [
-            (table.view(-1, k, f) * u[None, :, None]).sum(dim=1).reshape(-1) for table in self.bases.tables
-        ]
-        return torch.cat(parts)
+        return [table.view(-1, k, f) for table in self.bases.tables]
 
     def _power_iteration(self) -> None:
         """One step of power iteration for the top right-singular vector of W2 (no gradient)."""
-        k, f = self.config.num_bases, self.config.encoding.features_per_level
-        w_u = self._basis_matrix_products(self._sn_u)
-        # W2^T (W2 u): split the product back per level and contract with each table.
-        wt = torch.zeros_like(self._sn_u)
-        offset = 0
-        for table in self.bases.tables:
-            n = table.shape[0] * f
-            chunk = w_u[offset : offset + n].view(-1, 1, f)
-            wt += (table.view(-1, k, f) * chunk).sum(dim=(0, 2))
-            offset += n
-        self._sn_u.copy_(F.normalize(wt, dim=0))
+        tables = self._basis_tables()
+        w_u = [torch.einsum("tkf,k->tf", table, self._sn_u) for table in tables]  # W2 u
+        wt_w_u = sum(torch.einsum("tkf,tf->k", table, w) for table, w in zip(tables, w_u, strict=True))
+        self._sn_u.copy_(F.normalize(wt_w_u, dim=0))
 
     def output_scale(self) -> Tensor:
         """``mixing_gain / σ_max(W2)``, with σ_max from the tracked singular vector (differentiable)."""
         if self.training:
             with torch.no_grad():
                 self._power_iteration()
-        sigma = self._basis_matrix_products(self._sn_u).norm()
+        sigma = torch.cat(
+            [torch.einsum("tkf,k->tf", t, self._sn_u).reshape(-1) for t in self._basis_tables()]
+        ).norm()
         return self.config.mixing_gain / sigma
 
     def mixing_weights(self, embeddings: Tensor) -> Tensor:
