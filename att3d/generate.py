@@ -17,7 +17,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from att3d.checkpoint import CheckpointError, load_checkpoint
+from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.field import AmortizedField, PromptField
 from att3d.mesh import extract_mesh
@@ -104,6 +104,17 @@ class Generator:
             model_hash=digest.hexdigest(),
             metadata={"step": 0, "note": f"untrained seeded initialization (seed {seed})"},
             device=torch.device(device),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write this generator as a verified checkpoint directory (atomic)."""
+        return save_checkpoint(
+            path,
+            {k: v.detach().cpu().contiguous() for k, v in self.field.state_dict().items()},
+            to_dict(self.config),
+            self.encoder.id,
+            self.prompts,
+            {**self.metadata, "name": self.name},
         )
 
     # ---- conditioning ----------------------------------------------------------------------------
