@@ -13,6 +13,10 @@ $(BIN)/att3d: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(BIN)/att3d
 
+# Node tools for the tests (Khronos glTF validator), pinned by tools/package-lock.json.
+tools/node_modules/.package-lock.json: tools/package.json tools/package-lock.json
+	npm --prefix tools ci --no-audit --no-fund --loglevel=error
+
 setup: $(BIN)/att3d
 
 run: setup
@@ -23,5 +27,5 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint tools/node_modules/.package-lock.json
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
