@@ -1,0 +1,49 @@
+"""CPU time of prompt -> GLB with the bundled model (median of N runs, model loaded once).
+
+    python scripts/bench_generate.py [--resolutions 64 128] [--repeats 5] [--checkpoint DIR]
+
+Times ``Generator.generate`` + GLB serialization; the text embedding is cached after the first call,
+as it is in the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from att3d.config import MeshConfig
+from att3d.generate import Generator
+from att3d.mesh import mesh_to_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--prompt", default="a red cube")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    generator = Generator.from_checkpoint(args.checkpoint) if args.checkpoint else Generator.default()
+    print(
+        f"model {generator.name} ({generator.model_hash[:12]}) loaded in {time.perf_counter() - start:.2f} s"
+    )
+    generator.embed([args.prompt])  # warm the text encoder and its cache
+    for resolution in args.resolutions:
+        config = MeshConfig(**{**generator.config.mesh.__dict__, "resolution": resolution})
+        times, size = [], 0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            size = len(mesh_to_bytes(generator.generate(args.prompt, config), "glb"))
+            times.append(time.perf_counter() - start)
+        print(
+            f"resolution {resolution}^3: median {statistics.median(times) * 1000:.0f} ms "
+            f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}, n={args.repeats}), "
+            f"GLB {size / 1024:.0f} KiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
