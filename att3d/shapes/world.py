@@ -9,8 +9,8 @@ Signed distances are **exact** Euclidean distances in world units (negative insi
 sphere tracing is tight, surface projection ``p - sdf(p) ∇sdf(p)`` lands on the surface in one step
 and ``|sdf|`` can be used as a distance in metrics. Two families carry most shapes:
 
-- solids of revolution about +z (cylinder, cone) are a convex polygon profile in the ``(r, z)``
-  half-plane, mirrored about the axis; their SDF is the 2D polygon SDF evaluated at
+- solids of revolution about +z (cylinder, cone, torus, capsule) are a 2D profile in the
+  ``(r, z)`` half-plane, mirrored about the axis; their SDF is the profile's 2D SDF evaluated at
   ``(sqrt(x² + y²), z)``;
 - convex polyhedra (pyramid) use the distance to the nearest face outside and the largest signed
   plane distance inside (exact for convex solids).
@@ -51,66 +51,18 @@ def _check_points(points: Tensor) -> Tensor:
     return points
 
 
-def _segment_distance(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Distance from points ``p [..., D]`` to the segment ``a``–``b`` (each ``[D]``)."""
-    e = b - a
-    w = p - a
-    t = ((w * e).sum(-1) / (e * e).sum()).clamp(0.0, 1.0)
-    return (w - t[..., None] * e).norm(dim=-1)
+def _box_sdf_2d(q: Tensor, half: tuple[float, float]) -> Tensor:
+    """Exact SDF of the axis-aligned rectangle ``|q_0| <= half[0], |q_1| <= half[1]`` at ``q [..., 2]``."""
+    d = q.abs() - q.new_tensor(half)
+    return d.clamp_min(0.0).norm(dim=-1) + d.amax(dim=-1).clamp_max(0.0)
 
 
-def _convex_polygon_sdf_2d(q: Tensor, vertices: Tensor) -> Tensor:
-    """Exact SDF of a convex polygon (vertices ``[V, 2]`` counter-clockwise) at points ``q [..., 2]``."""
-    distance = torch.full(q.shape[:-1], float("inf"), dtype=q.dtype, device=q.device)
-    inside = torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)
-    for k in range(vertices.shape[0]):
-        a, b = vertices[k], vertices[(k + 1) % vertices.shape[0]]
-        distance = torch.minimum(distance, _segment_distance(q, a, b))
-        e, w = b - a, q - a
-        # Counter-clockwise order: the interior is on the left of every edge.
-        inside &= (e[0] * w[..., 1] - e[1] * w[..., 0]) >= 0
-    return torch.where(inside, -distance, distance)
-
-
-def _revolved_polygon_sdf(points: Tensor, profile: Sequence[tuple[float, float]]) -> Tensor:
-    """Exact SDF of the solid swept by a convex ``(r, z)`` profile, symmetric about ``r = 0``, around +z."""
-    vertices = torch.tensor(profile, dtype=points.dtype, device=points.device)
-    q = torch.stack([points[..., :2].norm(dim=-1), points[..., 2]], dim=-1)
-    return _convex_polygon_sdf_2d(q, vertices)
-
-
-@dataclass(frozen=True)
-class _ConvexPolyhedron:
-    """A convex polyhedron given by its vertices and faces (vertex index loops, any orientation)."""
-
-    vertices: tuple[tuple[float, float, float], ...]
-    faces: tuple[tuple[int, ...], ...]
-
-    def sdf(self, points: Tensor) -> Tensor:
-        verts = torch.tensor(self.vertices, dtype=points.dtype, device=points.device)
-        centroid = verts.mean(dim=0)
-        face_distance = torch.full(points.shape[:-1], float("inf"), dtype=points.dtype, device=points.device)
-        plane_max = torch.full_like(face_distance, -float("inf"))
-        for face in self.faces:
-            loop = verts[list(face)]
-            normal = torch.linalg.cross(loop[1] - loop[0], loop[2] - loop[0])
-            normal = normal / normal.norm()
-            if torch.dot(normal, loop[0] - centroid) < 0:
-                # Orient every face outwards so "left of each edge" means "inside the face".
-                loop, normal = loop.flip(0), -normal
-            height = ((points - loop[0]) * normal).sum(-1)
-            plane_max = torch.maximum(plane_max, height)
-            projected = points - height[..., None] * normal
-            in_face = torch.ones_like(height, dtype=torch.bool)
-            edge_distance = torch.full_like(height, float("inf"))
-            for k in range(loop.shape[0]):
-                a, b = loop[k], loop[(k + 1) % loop.shape[0]]
-                edge = (b - a).expand_as(projected)
-                in_face &= (torch.linalg.cross(edge, projected - a, dim=-1) * normal).sum(-1) >= 0
-                edge_distance = torch.minimum(edge_distance, _segment_distance(points, a, b))
-            face_distance = torch.minimum(face_distance, torch.where(in_face, height.abs(), edge_distance))
-        # Inside a convex solid the nearest boundary point lies on the nearest face plane.
-        return torch.where(plane_max > 0, face_distance, plane_max)
+def _segment_distance(x: Tensor, y: Tensor, z: Tensor, a: Sequence[float], b: Sequence[float]) -> Tensor:
+    """Distance from the points ``(x, y, z)`` to the segment from ``a`` to ``b`` (3D constants)."""
+    e = [bi - ai for ai, bi in zip(a, b, strict=True)]
+    w = [x - a[0], y - a[1], z - a[2]]
+    t = ((w[0] * e[0] + w[1] * e[1] + w[2] * e[2]) / (e[0] ** 2 + e[1] ** 2 + e[2] ** 2)).clamp(0.0, 1.0)
+    return torch.stack([w[i] - t * e[i] for i in range(3)], dim=-1).norm(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,17 +76,6 @@ CONE_RADIUS, CONE_HALF_HEIGHT = 0.4, 0.4
 TORUS_MAJOR, TORUS_MINOR = 0.35, 0.15
 CAPSULE_RADIUS, CAPSULE_HALF_LENGTH = 0.25, 0.25
 PYRAMID_HALF_BASE, PYRAMID_HALF_HEIGHT = 0.35, 0.35
-
-_PYRAMID = _ConvexPolyhedron(
-    vertices=(
-        (PYRAMID_HALF_BASE, PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
-        (-PYRAMID_HALF_BASE, PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
-        (-PYRAMID_HALF_BASE, -PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
-        (PYRAMID_HALF_BASE, -PYRAMID_HALF_BASE, -PYRAMID_HALF_HEIGHT),
-        (0.0, 0.0, PYRAMID_HALF_HEIGHT),
-    ),
-    faces=((0, 1, 2, 3), (0, 1, 4), (1, 2, 4), (2, 3, 4), (3, 0, 4)),
-)
 
 
 def sphere_sdf(points: Tensor) -> Tensor:
@@ -150,14 +91,24 @@ def cube_sdf(points: Tensor) -> Tensor:
 
 def cylinder_sdf(points: Tensor) -> Tensor:
     """Upright cylinder: radius ``CYLINDER_RADIUS``, z in ``±CYLINDER_HALF_HEIGHT``."""
-    r, h = CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT
-    return _revolved_polygon_sdf(points, [(-r, -h), (r, -h), (r, h), (-r, h)])
+    q = torch.stack([points[..., :2].norm(dim=-1), points[..., 2]], dim=-1)
+    return _box_sdf_2d(q, (CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT))
 
 
 def cone_sdf(points: Tensor) -> Tensor:
     """Upright cone, apex up: base radius ``CONE_RADIUS`` at ``z = -CONE_HALF_HEIGHT``, apex at ``+``."""
-    r, h = CONE_RADIUS, CONE_HALF_HEIGHT
-    return _revolved_polygon_sdf(points, [(-r, -h), (r, -h), (0.0, h)])
+    # In the (r, z) half-plane the profile is the triangle (±R, -h), (0, h). For r >= 0 the nearest
+    # points lie on the base segment or the right slanted side (the mirrored side is never nearer).
+    r, z = points[..., :2].norm(dim=-1), points[..., 2]
+    radius, h = CONE_RADIUS, CONE_HALF_HEIGHT
+    base = torch.hypot((r - radius).clamp_min(0.0), z + h)
+    er, ez = -radius, 2 * h  # slanted side from (R, -h) to the apex (0, h)
+    wr, wz = r - radius, z + h
+    t = ((wr * er + wz * ez) / (er * er + ez * ez)).clamp(0.0, 1.0)
+    side = torch.hypot(wr - t * er, wz - t * ez)
+    inside = (z >= -h) & (er * wz - ez * wr >= 0)
+    distance = torch.minimum(base, side)
+    return torch.where(inside, -distance, distance)
 
 
 def torus_sdf(points: Tensor) -> Tensor:
@@ -174,8 +125,38 @@ def capsule_sdf(points: Tensor) -> Tensor:
 
 
 def pyramid_sdf(points: Tensor) -> Tensor:
-    """Square pyramid, apex up: base half-width ``PYRAMID_HALF_BASE``, z in ``±PYRAMID_HALF_HEIGHT``."""
-    return _PYRAMID.sdf(points)
+    """Square pyramid, apex up: base half-width ``PYRAMID_HALF_BASE``, z in ``±PYRAMID_HALF_HEIGHT``.
+
+    The pyramid is mirror-symmetric about x = 0, y = 0 and x = y, and the nearest surface point of a
+    point in the wedge ``x >= y >= 0`` lies in the same wedge (else its mirror image would be nearer).
+    So points are folded into that wedge, where only the base and the +x side face can be nearest.
+    Inside, the SDF is the larger of the two plane distances (exact for a convex solid); outside, the
+    distance to the nearer of the two faces.
+    """
+    a, h = PYRAMID_HALF_BASE, PYRAMID_HALF_HEIGHT
+    xy = points[..., :2].abs()
+    x, y, z = xy.amax(dim=-1), xy.amin(dim=-1), points[..., 2]
+    # +x side face: triangle A = (a, -a, -h), B = (a, a, -h), C = (0, 0, h); outward unit normal n.
+    length = (4 * h * h + a * a) ** 0.5
+    nx, nz = 2 * h / length, a / length
+    side_height = nx * (x - a) + nz * (z + h)
+    base_height = -(z + h)
+    plane_max = torch.maximum(side_height, base_height)
+
+    # Base square z = -h, |x|, |y| <= a.
+    base = torch.stack([(x - a).clamp_min(0.0), (y - a).clamp_min(0.0), z + h], dim=-1).norm(dim=-1)
+    # Side triangle: plane distance where the point projects inside it (in-plane edge normals
+    # m = n × (b - a) give the test without projecting), else the nearest edge. The edge C→A is the
+    # mirror image of B→C across y = 0 and never nearer for y >= 0.
+    in_ab = nx * (z + h) - nz * (x - a) >= 0
+    in_bc = (a * nz + 2 * h * nx) * (a - y) + a * nz * (x - a) - a * nx * (z + h) >= 0
+    in_ca = a * nz * x + (a * nz + 2 * h * nx) * y - a * nx * (z - h) >= 0
+    edges = torch.minimum(
+        torch.stack([x - a, (y - a).clamp_min(0.0), z + h], dim=-1).norm(dim=-1),
+        _segment_distance(x, y, z, (a, a, -h), (0.0, 0.0, h)),
+    )
+    side = torch.where(in_ab & in_bc & in_ca, side_height.abs(), edges)
+    return torch.where(plane_max > 0, torch.minimum(base, side), plane_max)
 
 
 @dataclass(frozen=True)
