@@ -201,6 +201,112 @@ class SDSConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# Training (att3d.train, att3d.prompts)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptSetConfig:
+    """Where the training prompts (and the held-out prompts scored separately) come from."""
+
+    source: str = "list"
+    """``list`` (``prompts``), ``file`` (``path``), ``template`` (``template`` × ``slots``) or ``shapes``."""
+    prompts: list[str] = dataclasses.field(default_factory=list)
+    """Inline prompts (``source=list``)."""
+    path: str = ""
+    """Text file with one prompt per line, ``#`` starts a comment line (``source=file``)."""
+    template: str = ""
+    """Template with ``{slot}`` fields, e.g. ``a {color} {shape}`` (``source=template``)."""
+    slots: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Values of every template slot; the prompts are all combinations (``source=template``)."""
+    heldout: list[str] = dataclasses.field(default_factory=list)
+    """Held-out prompts: removed from the template's combinations, or extra prompts for list/file."""
+    split: str = "train"
+    """ShapesWorld split trained on: ``train`` (held out: ``heldout``), ``heldout`` or ``all``."""
+    all_phrasings: bool = False
+    """ShapesWorld: every phrasing of each object instead of the canonical ``a red cube`` only."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam on the generator; the hash grid and the networks get separate learning rates."""
+
+    grid_lr: float = 1e-2
+    """Learning rate of the basis hash grids."""
+    network_lr: float = 1e-3
+    """Learning rate of the mapping network and the MLP head."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam's moment decay rates."""
+    eps: float = 1e-15
+    """Adam's epsilon (tiny, as Instant-NGP: rarely-touched hash entries still move)."""
+    weight_decay: float = 0.0
+    """L2 weight decay on the networks (never on the grids)."""
+
+
+@dataclass
+class TrainConfig:
+    """One amortized SDS training run (``att3d train``); a one-prompt set is per-prompt DreamFusion."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The generator being trained (stored in every checkpoint)."""
+    prompts: PromptSetConfig = dataclasses.field(default_factory=PromptSetConfig)
+    """The prompt set."""
+    prior: str = "shapes"
+    """Prior for ``att3d.priors.registry.load_prior``: ``shapes``, ``stable-diffusion[:<hub id or folder>]``,
+    ``deepfloyd-if[:<hub id or folder>]`` or a saved prior's folder."""
+    sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
+    """Score distillation."""
+    cameras: CameraSamplingConfig = dataclasses.field(default_factory=CameraSamplingConfig)
+    """Ranges of the training cameras."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """Optimizer."""
+    steps: int = 2000
+    """Optimizer steps."""
+    prompts_per_step: int = 4
+    """P: prompts (or interpolants) per step and process."""
+    views_per_prompt: int = 1
+    """V: cameras rendered per prompt and step."""
+    albedo_steps: int = 0
+    """Shade with plain albedo for the first steps (no normals), then by ``shading_probs``."""
+    shading_probs: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    """Probabilities of albedo, diffuse and textureless shading after ``albedo_steps`` (one mode per step)."""
+    interp_prob: float = 0.0
+    """Probability that a training prompt is an interpolant: a random mix of several prompts' embeddings."""
+    interp_prompts: int = 2
+    """Prompts mixed into one interpolant."""
+    interp_concentration: float = 1.0
+    """Dirichlet concentration of the mixing weights (1: uniform on the simplex; Beta(a, a) for two)."""
+    sparsity_weight: float = 0.0
+    """Weight of the mean rendered opacity (discourages floaters and haze)."""
+    opacity_entropy_weight: float = 0.0
+    """Weight of the binary entropy of rendered opacity (pushes pixels to empty or solid)."""
+    progressive_levels: int = 0
+    """Hash-grid levels active at step 0 (0: all); finer levels are unmasked one by one."""
+    level_steps: int = 100
+    """Steps between unmasking two consecutive hash-grid levels (``progressive_levels > 0``)."""
+    seed: int = 0
+    """Seed of the initialization and of every random draw (rank r draws from ``seed + r``)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    log_every: int = 10
+    """Steps between TensorBoard scalar writes (0: no TensorBoard)."""
+    preview_every: int = 250
+    """Steps between preview PNG grids, prompts × views (0: none)."""
+    preview_prompts: int = 4
+    """Prompts in a preview grid (the first of the training set)."""
+    preview_views: int = 4
+    """Views per prompt in a preview grid (an orbit at 20° elevation)."""
+    eval_every: int = 0
+    """Steps between evaluations on the held-out prompts (0: none; needs an evaluator)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only at the end and on interruption)."""
+    keep_checkpoints: int = 3
+    """Most recent checkpoints kept; older ones are deleted."""
+    progress_bar: bool = True
+    """Show a progress bar (rank 0, interactive terminals only)."""
+
+
+# --------------------------------------------------------------------------------------------------
 # Loading, overrides, serialization
 # --------------------------------------------------------------------------------------------------
 
