@@ -80,6 +80,7 @@ def query_grid(
     one per axis. Non-finite densities become 0 (NaN) or the float32 maximum (+inf).
     """
     shape = _grid_shape(resolution)
+    _check_chunk(chunk_points)
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
     hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
     step = (hi_t - lo_t) / (torch.as_tensor(shape, dtype=torch.float32, device=device) - 1)
@@ -100,6 +101,7 @@ def query_albedo(
     fn: QueryFn, points: np.ndarray, chunk_points: int, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """Albedo ``[N, 3]`` (float32, clipped to [0, 1]) at arbitrary points ``[N, 3]``, queried in chunks."""
+    _check_chunk(chunk_points)
     albedo = np.empty((len(points), 3), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(points), chunk_points):
@@ -121,7 +123,10 @@ def _call(fn: QueryFn, points: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _grid_shape(resolution: int | Sequence[int]) -> tuple[int, int, int]:
-    shape = (resolution,) * 3 if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+    if isinstance(resolution, (int, np.integer)):
+        shape = (int(resolution),) * 3
+    else:
+        shape = tuple(int(r) for r in resolution)
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"grid resolution must be >= 2 samples on each of 3 axes, got {resolution}")
     return shape  # type: ignore[return-value]
@@ -129,7 +134,12 @@ def _grid_shape(resolution: int | Sequence[int]) -> tuple[int, int, int]:
 
 def _finite(density: np.ndarray) -> np.ndarray:
     # Marching cubes interpolates between samples, so NaN/inf would put vertices at NaN.
-    return np.nan_to_num(density, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    return np.nan_to_num(density, copy=False, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+
+
+def _check_chunk(chunk_points: int) -> None:
+    if chunk_points < 1:
+        raise ValueError(f"chunk_points must be >= 1, got {chunk_points}")
 
 
 # --------------------------------------------------------------------------------------------------
