@@ -140,7 +140,7 @@ class MeshConfig:
     """``vertex`` (vertex colours) or ``uv`` (xatlas unwrap + baked PNG texture)."""
     texture_size: int = 512
     """Side of the baked texture in pixels (``texture=uv``)."""
-    decimate_faces: int = 20000
+    decimate_faces: int = 10000
     """Target face count before UV unwrapping (``texture=uv``)."""
 
 
