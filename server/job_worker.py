@@ -1,0 +1,143 @@
+"""One training job in its own process: ``python -m server.job_worker --db DB --job ID --runner MOD:FN``.
+
+The scheduler (``server.jobs.JobManager``) has already moved the job to ``running``. This process loads the
+job's ``TrainConfig`` from the database, calls the runner with a progress callback (step, loss and progress
+go to SQLite) and a cancel flag, and records how it ended. The cancel flag is set by a watcher thread when
+the job's ``cancel_requested`` column is set (``DELETE /v1/jobs/{id}``) or when the server that started this
+process dies; SIGTERM reaches the trainer directly (it saves a checkpoint and returns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from att3d.config import TrainConfig, from_dict
+from server.jobs import JobStore, Runner, latest_checkpoint, process_start_time
+
+logger = logging.getLogger("server.job_worker")
+
+POLL_S = 0.25
+"""How often the watcher checks the cancel flag and the parent process."""
+PROGRESS_EVERY_S = 0.25
+"""Progress rows are written at most this often (and always for the last step)."""
+
+
+def load_runner(spec: str) -> Runner:
+    """Import ``module:function``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"runner must look like 'module:function', got {spec!r}")
+    runner = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(runner):
+        raise ValueError(f"runner {spec!r} is not a callable")
+    return runner
+
+
+class _Watcher(threading.Thread):
+    """Sets ``cancel`` when the job's cancel flag is set in the database or the parent process dies."""
+
+    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event) -> None:
+        super().__init__(name="att3d-job-watcher", daemon=True)
+        self.store = store
+        self.job_id = job_id
+        self.cancel = cancel
+        self.parent = os.getppid()
+        self.parent_gone = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(POLL_S):
+            if os.getppid() != self.parent:  # re-parented: the server died
+                self.parent_gone.set()
+                self.cancel.set()
+            try:
+                if self.store.cancel_requested(self.job_id):
+                    self.cancel_requested.set()
+                    self.cancel.set()
+            except Exception:  # a locked or vanished database must not kill the training
+                logger.exception("cannot read the cancel flag")
+
+
+def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
+    """Run the job to its end and record the outcome; returns the state written."""
+    row = store.get(job_id)
+    if row is None or row["state"] != "running":
+        logger.error("job %s is not running (%s); nothing to do", job_id, row and row["state"])
+        return row["state"] if row else "missing"
+    store.set_pid(job_id, os.getpid(), process_start_time(os.getpid()))
+    run_dir = Path(row["run_dir"])
+    cancel = threading.Event()
+    watcher = _Watcher(store, job_id, cancel)
+    # Until the trainer installs its own handlers (and after it restores ours), SIGTERM stops cooperatively.
+    signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
+    watcher.start()
+
+    last_write = 0.0
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal last_write
+        now = time.monotonic()
+        if step >= total or now - last_write >= PROGRESS_EVERY_S:
+            store.progress(job_id, step, total, loss)
+            last_write = now
+
+    try:
+        config = from_dict(TrainConfig, json.loads(row["config"]))
+        runner = load_runner(runner_spec)
+        resume = latest_checkpoint(run_dir) is not None
+        logger.info("job %s: attempt %d, resume=%s", job_id, row["attempts"], resume)
+        result: Any = runner(config, run_dir, resume=resume, progress_callback=progress, cancel=cancel)
+    except Exception as err:
+        logger.exception("job %s failed", job_id)
+        message = " ".join(str(err).split()) or type(err).__name__
+        latest = latest_checkpoint(run_dir)
+        state = "interrupted" if watcher.parent_gone.is_set() else "failed"
+        store.finish(job_id, state, error=f"{type(err).__name__}: {message}", checkpoint=_path(latest))
+        return state
+    finally:
+        watcher.done.set()
+
+    checkpoint = (
+        str(result.checkpoint) if result.checkpoint is not None else _path(latest_checkpoint(run_dir))
+    )
+    if result.status == "completed":
+        state, error = "succeeded", None
+    elif watcher.cancel_requested.is_set() or store.cancel_requested(job_id):
+        state, error = "canceled", None
+    else:
+        why = "the server stopped" if watcher.parent_gone.is_set() else "the job process was asked to stop"
+        state = "interrupted"
+        error = f"{why} at step {result.step}; POST /v1/jobs/{job_id}/resume continues it"
+    store.finish(job_id, state, error=error, checkpoint=checkpoint, step=result.step, loss=result.loss)
+    logger.info("job %s: %s at step %d", job_id, state, result.step)
+    return state
+
+
+def _path(latest: tuple[int, Path] | None) -> str | None:
+    return str(latest[1]) if latest else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="the jobs database (jobs.sqlite)")
+    parser.add_argument("--job", required=True, help="id of a job in state 'running'")
+    parser.add_argument("--runner", default="att3d.train:train", help="module:function that trains")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = run_job(JobStore(args.db), args.job, args.runner)
+    return 0 if state in ("succeeded", "canceled", "interrupted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Service settings: one typed dataclass, filled from ``ATT3D_*`` environment variables.
+
+Every field can be set with the environment variable ``ATT3D_<FIELD NAME IN UPPER CASE>`` (for example
+``ATT3D_API_KEY``, ``ATT3D_MAX_BATCH_SIZE``); tuples take comma-separated values. A malformed value raises
+:class:`SettingsError` naming the variable, so a typo stops the server at start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "ATT3D_"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable or field."""
+
+
+@dataclass
+class ServerSettings:
+    """Everything the service can be tuned with (``att3d serve`` builds this from the environment)."""
+
+    api_key: str = ""
+    """When non-empty, every route except the probes, the viewer page and the OpenAPI docs requires it
+    (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser; empty keeps CORS closed (no CORS headers)."""
+    max_body_bytes: int = 64 * 1024
+    """Largest accepted request body; larger bodies get 413 before they are parsed."""
+
+    max_batch_size: int = 8
+    """Most generation requests the model worker takes in one micro-batch."""
+    max_wait_ms: float = 5.0
+    """How long the worker waits for more requests after the first one of a batch arrives."""
+    queue_size: int = 64
+    """Generation requests that may wait for the worker; more get 429 with ``Retry-After``."""
+    request_timeout_s: float = 120.0
+    """A request still unanswered after this long gets 504 (its result is still cached when it lands)."""
+    cache_bytes: int = 256 * 1024 * 1024
+    """Byte budget of the in-memory LRU result cache (0 disables it)."""
+
+    max_resolution: int = 256
+    """Largest marching-cubes resolution a request may ask for (memory and time grow with its cube)."""
+    max_frames: int = 16
+    """Most frames one ``/v1/interpolate`` request may ask for."""
+    warmup: bool = True
+    """Generate one small mesh per model at start-up; ``/readyz`` stays 503 until it is done."""
+    readiness_queue_fraction: float = 0.9
+    """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``."""
+    device: str = "cpu"
+    """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+
+    data_dir: Path = Path("att3d-data")
+    """Folder for the jobs database (``jobs.sqlite``) and the training runs of jobs (``runs/<id>``)."""
+    max_running_jobs: int = 1
+    """Training jobs run at the same time, each in its own process (0: jobs stay queued)."""
+    job_runner: str = "att3d.train:train"
+    """``module:function`` the job process trains with (see ``server.jobs.Runner``)."""
+    job_priors: tuple[str, ...] = ("shapes",)
+    """Values a job's ``config.prior`` may take (no paths: clients must not make the server read files)."""
+    job_device: str = "auto"
+    """Device of training jobs (``TrainConfig.device``); clients cannot override it."""
+    job_cancel_grace_s: float = 30.0
+    """After a cancel or shutdown, how long a job process may take to save and exit before SIGKILL."""
+    max_job_prompts: int = 10000
+    """Most prompts one training job may have."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.cors_origins = tuple(self.cors_origins)
+        self.job_priors = tuple(self.job_priors)
+        problems = []
+        for name in ("max_body_bytes", "max_batch_size", "queue_size", "max_frames"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "cache_bytes", "max_running_jobs", "job_cancel_grace_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.request_timeout_s > 0:
+            problems.append(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not 16 <= self.max_resolution <= 512:
+            problems.append(f"max_resolution must be in [16, 512], got {self.max_resolution}")
+        if not 0 < self.readiness_queue_fraction <= 1:
+            problems.append(
+                f"readiness_queue_fraction must be in (0, 1], got {self.readiness_queue_fraction}"
+            )
+        if ":" not in self.job_runner:
+            problems.append(f"job_runner must look like 'module:function', got {self.job_runner!r}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
+        """Defaults, then ``ATT3D_*`` variables, then ``overrides`` (e.g. command-line options)."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            var = ENV_PREFIX + field.name.upper()
+            if var in environ:
+                values[field.name] = _parse(hints[field.name], environ[var], var)
+        values.update(overrides)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as err:
+            raise SettingsError(str(err)) from None
+
+
+def _parse(tp: object, raw: str, var: str) -> object:
+    """Convert an environment string to the field's type, naming the variable on failure."""
+    raw = raw.strip()
+    try:
+        if tp is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true/false")
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if tp is Path:
+            return Path(raw)
+        if typing.get_origin(tp) is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as err:
+        raise SettingsError(f"{var}={raw!r}: {err}") from None
