@@ -142,6 +142,9 @@ class MeshConfig:
     """Side of the baked texture in pixels (``texture=uv``)."""
     decimate_faces: int = 10000
     """Target face count before UV unwrapping (``texture=uv``)."""
+    marching_cubes: str = "auto"
+    """``skimage``, ``torch`` (``att3d.marching_cubes``, stays on the query device) or ``auto`` (torch on
+    CUDA, skimage on the CPU)."""
 
 
 # --------------------------------------------------------------------------------------------------

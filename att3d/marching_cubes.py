@@ -312,3 +312,43 @@ def marching_cubes(volume: Tensor, level: float) -> tuple[Tensor, Tensor]:
         centre_of_face = centre_ids[cell_index[:, None], (local - CENTRE).clamp(min=0)]
         faces = torch.where(on_edge, faces, centre_of_face)
     return vertices, faces
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing an implementation (MeshConfig.marching_cubes)
+# --------------------------------------------------------------------------------------------------
+
+METHODS = ("auto", "skimage", "torch")
+"""Values of ``MeshConfig.marching_cubes``."""
+
+
+def resolve_method(method: str, device: torch.device | str) -> str:
+    """``skimage`` or ``torch`` for ``method`` on ``device``: ``auto`` is torch on CUDA, skimage elsewhere.
+
+    On CUDA the torch version keeps the grid on the GPU; on the CPU scikit-image is the reference.
+    """
+    if method not in METHODS:
+        raise ValueError(f"mesh.marching_cubes must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "skimage"
+    return method
+
+
+def grid_surface(
+    volume: np.ndarray | Tensor, level: float, method: str = "auto", device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Iso-surface of a grid as host arrays: vertices ``[V, 3]`` (float64, index units), faces ``[F, 3]``.
+
+    Faces point towards lower values with either implementation (scikit-image with
+    ``gradient_direction="ascent"``, which also drops its degenerate triangles).
+    """
+    if resolve_method(method, device) == "torch":
+        vertices, faces = marching_cubes(torch.as_tensor(volume, device=device), level)
+        return vertices.cpu().numpy().astype(np.float64), faces.cpu().numpy()
+    from skimage.measure import marching_cubes as skimage_marching_cubes
+
+    array = volume.detach().cpu().numpy() if isinstance(volume, Tensor) else volume
+    vertices, faces, _, _ = skimage_marching_cubes(
+        array, level=level, gradient_direction="ascent", allow_degenerate=False
+    )
+    return vertices.astype(np.float64), faces.astype(np.int64)

@@ -4,8 +4,9 @@ The pipeline (DESIGN §4):
 
 1. a coarse grid over the whole scene box finds where density exceeds the iso-level;
 2. a fine grid with isotropic voxels covers only that bounding box (padded by two coarse cells);
-3. scikit-image marching cubes at ``level = density_threshold`` on the fine grid, padded with empty space
-   so that surfaces cut by the scene box still close; faces point outward (towards lower density);
+3. marching cubes at ``level = density_threshold`` on the fine grid (scikit-image, or the PyTorch version
+   of ``att3d.marching_cubes`` on CUDA: ``MeshConfig.marching_cubes``), padded with empty space so that
+   surfaces cut by the scene box still close; faces point outward (towards lower density);
 4. connected components much smaller than the largest are dropped (floaters);
 5. colours: albedo queried at the vertices (``texture="vertex"``), or an xatlas unwrap whose albedo is
    baked into a PNG by rasterizing the triangles in UV space (``texture="uv"``);
@@ -28,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
-import xatlas
 from PIL import Image
 from scipy import ndimage
-from skimage.measure import marching_cubes
 from torch import Tensor
 
 from att3d.config import ConfigError, MeshConfig
+from att3d.marching_cubes import METHODS, grid_surface
 
 QueryFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 """Points ``[N, 3]`` (world units, float32) → (density ``[N]`` ≥ 0, albedo ``[N, 3]`` in [0, 1])."""
@@ -173,11 +173,9 @@ def extract_mesh(
 
     # One layer of empty space (density 0 < threshold) around the grid closes surfaces cut by its sides.
     padded = np.pad(fine, 1, mode="constant", constant_values=0.0)
-    # "ascent": density grows towards the inside, so faces wind counter-clockwise seen from outside.
-    vertices, faces, _, _ = marching_cubes(
-        padded, level=threshold, spacing=(voxel,) * 3, gradient_direction="ascent", allow_degenerate=False
-    )
-    vertices = vertices + (lo - voxel)
+    # Density grows towards the inside, so faces wind counter-clockwise seen from outside.
+    vertices, faces = grid_surface(padded, threshold, config.marching_cubes, device)
+    vertices = vertices * voxel + (lo - voxel)
     mesh = trimesh.Trimesh(vertices=vertices.astype(np.float64), faces=faces, process=False)
     mesh = _drop_small_components(mesh, config.min_component_fraction)
 
@@ -205,6 +203,8 @@ def _check_config(config: MeshConfig, bound: float) -> None:
         problems.append(f"mesh.texture must be 'vertex' or 'uv', got {config.texture!r}")
     if config.texture_size < 8:
         problems.append(f"mesh.texture_size must be >= 8, got {config.texture_size}")
+    if config.marching_cubes not in METHODS:
+        problems.append(f"mesh.marching_cubes must be one of {METHODS}, got {config.marching_cubes!r}")
     if not bound > 0:
         problems.append(f"bound must be > 0, got {bound}")
     if problems:
@@ -275,6 +275,8 @@ def _bake_texture(
     # xatlas skips triangles below an absolute area epsilon and leaves them at uv (0, 0); marching cubes
     # makes many thin slivers, so unwrap in units of the mean edge length, where none is that small.
     scaled = mesh.vertices / mesh.edges_unique_length.mean()
+    import xatlas  # only the UV path needs it (GPU images without it still mesh with vertex colours)
+
     vmapping, faces, uv = xatlas.parametrize(scaled.astype(np.float32), mesh.faces.astype(np.uint32))
     vertices = mesh.vertices[vmapping]
     image = _bake_albedo(vertices, faces.astype(np.int64), uv, fn, config, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,9 @@ import trimesh
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes as skimage_marching_cubes
 
-from att3d.marching_cubes import CENTRE, marching_cubes, triangle_table
+from att3d.config import ConfigError, MeshConfig
+from att3d.marching_cubes import CENTRE, marching_cubes, resolve_method, triangle_table
+from att3d.mesh import extract_mesh
 
 
 def grid(n: int, fn) -> torch.Tensor:
@@ -194,3 +197,29 @@ def test_half_precision_volume_is_accepted():
 def test_bad_input(volume, message):
     with pytest.raises(ValueError, match=message):
         marching_cubes(volume, 0.0)
+
+
+def test_resolve_method():
+    assert resolve_method("auto", "cpu") == "skimage"
+    assert resolve_method("auto", torch.device("cuda", 0)) == "torch"  # no GPU needed to decide
+    assert resolve_method("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match=r"mesh\.marching_cubes must be one of auto, skimage, torch"):
+        resolve_method("mcubes", "cpu")
+
+
+def test_extract_mesh_dispatches_to_torch():
+    def ball(points):
+        density = torch.relu(10.0 + 100.0 * (0.4 - points.norm(dim=-1)))
+        return density, points.abs().clamp(max=1.0)
+
+    config = MeshConfig(resolution=32, coarse_resolution=16, min_component_fraction=0.0)
+    reference_mesh = extract_mesh(ball, dataclasses.replace(config, marching_cubes="skimage"))
+    mesh = extract_mesh(ball, dataclasses.replace(config, marching_cubes="torch"))
+    assert len(mesh.vertices) == len(reference_mesh.vertices)
+    assert mesh.is_watertight and mesh.volume > 0
+    assert mesh.volume == pytest.approx(reference_mesh.volume, rel=0.01)
+    np.testing.assert_allclose(
+        np.sort(mesh.vertices, axis=0), np.sort(reference_mesh.vertices, axis=0), atol=1e-5
+    )
+    with pytest.raises(ConfigError, match=r"mesh\.marching_cubes"):
+        extract_mesh(ball, dataclasses.replace(config, marching_cubes="gpu"))
