@@ -48,7 +48,7 @@ def parse_models(checkpoint: Path | None, models: list[str]) -> dict[str, Path |
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: all of them).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     checkpoint: Annotated[
         Path | None,

@@ -107,8 +107,11 @@ def error_response(
 # --------------------------------------------------------------------------------------------------
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive``: an HTTPException, so FastAPI's body reading passes it on as a 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body is larger than {max_bytes} bytes")
 
 
 class BodyLimitMiddleware:
@@ -135,7 +138,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -270,14 +273,16 @@ def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.url.path}"
+    fields = [{"field": "body", "message": message}] if exc.status_code == 413 else None
     return error_response(
         exc.status_code,
         codes.get(exc.status_code, "http_error"),
         message,
+        fields,
         headers=getattr(exc, "headers", None),
     )
 

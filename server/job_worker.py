@@ -79,8 +79,10 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
     run_dir = Path(row["run_dir"])
     cancel = threading.Event()
     watcher = _Watcher(store, job_id, cancel)
+    if store.cancel_requested(job_id):  # cancelled between the scheduler's claim and this start
+        cancel.set()
     # Until the trainer installs its own handlers (and after it restores ours), SIGTERM stops cooperatively.
-    signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
     watcher.start()
 
     last_write = 0.0
@@ -107,6 +109,7 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
         return state
     finally:
         watcher.done.set()
+        signal.signal(signal.SIGTERM, previous)
 
     checkpoint = (
         str(result.checkpoint) if result.checkpoint is not None else _path(latest_checkpoint(run_dir))

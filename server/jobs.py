@@ -145,7 +145,7 @@ def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainCo
         prompt_set = load_prompt_set(config.prompts, max_chars=config.model.text.max_prompt_chars)
     except (ConfigError, ValueError) as err:
         field = "template" if request.template is not None else "prompts"
-        raise JobError(422, "invalid_request", f"{field}: {err}", field) from None
+        raise JobError(422, "invalid_request", str(err), field) from None  # it names prompts.<key>
     if len(prompt_set) > settings.max_job_prompts:
         raise JobError(
             422,

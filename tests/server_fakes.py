@@ -1,0 +1,205 @@
+"""Stand-ins for the service tests: a hashing text encoder, a tiny generator, and a fake trainer.
+
+Importing this module registers the ``test-hash`` text encoder, so a job process or server subprocess
+started with ``PYTHONPATH=tests`` and this module imported (the fake runner lives here) can load checkpoints
+of the tiny generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from att3d.config import EncodingConfig, FieldConfig, MeshConfig, ModelConfig, TextConfig, TrainConfig
+from att3d.text import get_text_encoder, register_text_encoder
+
+TESTS_DIR = Path(__file__).resolve().parent
+ENCODER = "test-hash"
+
+
+class HashEncoder:
+    """Deterministic unit vectors seeded by the prompt's sha256: no weights, identical in every process."""
+
+    id = "test-hash-v1"
+    dim = 384
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        rows = []
+        for prompt in prompts:
+            seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
+            row = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+            rows.append(row / row.norm())
+        return torch.stack(rows) if rows else torch.empty(0, self.dim)
+
+
+register_text_encoder(ENCODER, HashEncoder, overwrite=True)
+
+
+def tiny_config() -> ModelConfig:
+    """A generator small enough to mesh at resolution 16-32 in a fraction of a second on a CPU."""
+    encoding = EncodingConfig(levels=4, log2_table_size=12, base_resolution=8, growth_factor=1.6)
+    return ModelConfig(
+        field=FieldConfig(encoding=encoding, num_bases=4, hidden_dim=16),
+        text=TextConfig(encoder=ENCODER),
+        mesh=MeshConfig(resolution=24, coarse_resolution=16),
+    )
+
+
+def tiny_config_overrides() -> dict[str, object]:
+    """``POST /v1/jobs`` config entries that make a job train (and save) the tiny generator."""
+    return {
+        "model.field.encoding.levels": 4,
+        "model.field.encoding.log2_table_size": 12,
+        "model.field.encoding.base_resolution": 8,
+        "model.field.encoding.growth_factor": 1.6,
+        "model.field.num_bases": 4,
+        "model.field.hidden_dim": 16,
+        "model.text.encoder": ENCODER,
+        "model.mesh.resolution": 24,
+        "model.mesh.coarse_resolution": 16,
+    }
+
+
+def tiny_generator(seed: int = 0, prompts: list[str] | None = None):  # -> Generator
+    from att3d.generate import Generator
+
+    generator = Generator.seeded(tiny_config(), seed=seed)
+    generator.prompts = list(prompts or ["a red cube", "a blue sphere"])
+    return generator
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake trainer (the runner interface of server.jobs)
+# --------------------------------------------------------------------------------------------------
+
+STEP_SECONDS_ENV = "ATT3D_FAKE_STEP_S"
+"""Seconds each fake step sleeps (default 0.02): tests slow it down to catch a job mid-run."""
+
+
+@dataclass
+class FakeResult:
+    status: str
+    step: int
+    checkpoint: Path | None
+    loss: float
+
+
+def _save(config: TrainConfig, out_dir: Path, step: int) -> Path:
+    from att3d.checkpoint import save_tensors_atomic
+    from att3d.generate import Generator
+    from att3d.train import TRAIN_STATE_FILE, checkpoint_dir
+
+    prompts = config.prompts.prompts or ["a fake prompt"]
+    generator = Generator.seeded(replace(config.model), seed=step)
+    generator.prompts = list(prompts)
+    generator.metadata = {"step": step, "fake": True}
+    path = generator.save(checkpoint_dir(out_dir, step))
+    # The trainer's layout: a checkpoint counts once its train state is written (last).
+    save_tensors_atomic(path / TRAIN_STATE_FILE, {"step": torch.tensor([step])}, {})
+    return path
+
+
+def fake_train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool,
+    progress_callback,
+    cancel: threading.Event,
+) -> FakeResult:
+    """Counts steps, sleeps, saves a tiny checkpoint every ``checkpoint_every`` steps, honours ``cancel``."""
+    from att3d.train import list_checkpoints
+
+    out_dir = Path(out_dir)
+    delay = float(os.environ.get(STEP_SECONDS_ENV, "0.02"))
+    step, last = 0, None
+    if resume:
+        found = list_checkpoints(out_dir)
+        if found:
+            step, last = found[-1]
+    while step < config.steps:
+        if cancel.is_set():
+            last = _save(config, out_dir, step) if step > 0 else last
+            return FakeResult("cancelled", step, last, 1.0 / max(step, 1))
+        time.sleep(delay)
+        step += 1
+        progress_callback(step, config.steps, 1.0 / step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            last = _save(config, out_dir, step)
+    last = _save(config, out_dir, step)
+    return FakeResult("completed", step, last, 1.0 / max(step, 1))
+
+
+def failing_train(config, out_dir, *, resume, progress_callback, cancel) -> FakeResult:
+    """A runner that fails at once, as a trainer with a bad config would."""
+    raise RuntimeError("fake trainer failure: the prior exploded")
+
+
+def make_encoder():
+    """The cached test encoder (as a Generator would build it)."""
+    return get_text_encoder(ENCODER)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the app in tests
+# --------------------------------------------------------------------------------------------------
+
+
+def settings_for(tmp_path: Path, **overrides):  # -> ServerSettings
+    """Settings for a test app: small limits, data in ``tmp_path``, the fake trainer."""
+    from server.settings import ServerSettings
+
+    values = {
+        "data_dir": tmp_path / "data",
+        "max_resolution": 32,
+        "max_frames": 4,
+        "job_runner": "server_fakes:fake_train",
+        "job_cancel_grace_s": 10.0,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+@contextlib.contextmanager
+def started_client(settings, models) -> Iterator:  # -> Iterator[TestClient]
+    """A started app (lifespan run) whose models are loaded and warmed up."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    app = create_app(settings, models)
+    with TestClient(app) as client:
+        assert app.state.engine.wait_ready(60), app.state.engine.load_error
+        yield client
+
+
+@contextlib.contextmanager
+def isolated_environment(tmp_path: Path) -> Iterator[None]:
+    """Text cache in ``tmp_path``, and ``tests/`` importable by job processes (for the fake trainer)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ATT3D_CACHE", str(tmp_path / "cache"))
+        path = os.environ.get("PYTHONPATH", "")
+        patch.setenv("PYTHONPATH", f"{TESTS_DIR}{os.pathsep}{path}" if path else str(TESTS_DIR))
+        yield
+
+
+_VALIDATED: set[str] = set()
+
+
+def assert_valid_glb(data: bytes) -> None:
+    """The Khronos validator reports no error (each distinct GLB is validated once per session)."""
+    from gltf_validator import assert_valid_glb as check
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _VALIDATED:
+        check(data)
+        _VALIDATED.add(digest)

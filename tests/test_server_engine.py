@@ -1,0 +1,264 @@
+"""The model engine: micro-batching, batch invariance, coalescing, queue limits, timeouts, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from server_fakes import (
+    assert_valid_glb,
+    isolated_environment,
+    settings_for,
+    started_client,
+    tiny_config,
+    tiny_generator,
+)
+
+from att3d.generate import Generator
+from att3d.mesh import mesh_to_bytes
+from server.engine import Engine, GenerationResult, MeshSpec, QueueFull, ResultCache
+
+RES = 16
+PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow torus"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    with isolated_environment(tmp_path):
+        yield tmp_path
+
+
+def _spec(prompt: str, resolution: int = RES) -> MeshSpec:
+    return MeshSpec("default", (prompt,), ((1.0,),), False, resolution, "vertex", "glb")
+
+
+class Gate:
+    """Wraps ``Generator.blend`` so tests can hold the worker inside a request and count calls."""
+
+    def __init__(self, generator: Generator, fail: dict[str, BaseException] | None = None) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[tuple[str, ...]] = []
+        self.fail = fail or {}
+        self._blend = generator.blend
+        generator.blend = self  # type: ignore[method-assign]
+
+    def __call__(self, prompts, weights):
+        self.calls.append(tuple(prompts))
+        self.entered.set()
+        assert self.release.wait(30), "test never released the gate"
+        for prompt in prompts:
+            if prompt in self.fail:
+                raise self.fail[prompt]
+        return self._blend(prompts, weights)
+
+
+def _engine(env, generator, **overrides) -> Engine:
+    engine = Engine(settings_for(env, warmup=False, **overrides), {"default": generator})
+    engine.start()
+    assert engine.wait_ready(30)
+    return engine
+
+
+def test_batched_results_equal_unbatched_and_direct(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    batched = _engine(env, generator, max_batch_size=8, max_wait_ms=50)
+    try:
+        # Hold the worker in a first request so the next four queue up and form one batch.
+        first = batched.submit(_spec("warm"))
+        assert gate.entered.wait(10)
+        futures = [batched.submit(_spec(p)) for p in PROMPTS]
+        assert batched.queue_depth() == 4
+        gate.release.set()
+        together = [f.result(30).body for f in futures]
+        first.result(30)
+        # One batch of 1 (the held request), then one batch of all 4.
+        sample = batched.metrics.registry.get_sample_value
+        assert sample("att3d_batch_size_sum") == 5.0
+        assert sample("att3d_batch_size_count") == 2.0
+    finally:
+        batched.stop()
+
+    alone = _engine(env, tiny_generator(), max_batch_size=1)
+    try:
+        one_by_one = [alone.submit(_spec(p)).result(30).body for p in PROMPTS]
+    finally:
+        alone.stop()
+    config = dataclasses.replace(tiny_config().mesh, resolution=RES)
+    direct = [mesh_to_bytes(tiny_generator().generate(p, config), "glb") for p in PROMPTS]
+    assert together == one_by_one == direct
+    assert len(set(together)) == len(PROMPTS)  # the prompts really give different meshes
+    for body in together:
+        assert_valid_glb(body)
+
+
+def test_identical_requests_share_one_computation(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    engine = _engine(env, generator)
+    try:
+        held = engine.submit(_spec("hold"))
+        assert gate.entered.wait(10)
+        a = engine.submit(_spec("a red cube"))
+        b = engine.submit(_spec("a red cube"))
+        assert a is b and engine.queue_depth() == 1
+        gate.release.set()
+        held.result(30)
+        assert a.result(30).body
+        assert gate.calls.count(("a red cube",)) == 1
+        # Finished results come from the cache.
+        assert engine.lookup(engine.key(_spec("a red cube"))) is not None
+    finally:
+        engine.stop()
+
+
+def test_queue_full_raises_with_retry_after(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    engine = _engine(env, generator, queue_size=2, max_batch_size=1)
+    try:
+        running = engine.submit(_spec("p0"))
+        assert gate.entered.wait(10)
+        queued = [engine.submit(_spec(f"p{i}")) for i in (1, 2)]
+        with pytest.raises(QueueFull) as info:
+            engine.submit(_spec("p3"))
+        assert info.value.retry_after_s >= 1
+        assert engine.metrics.registry.get_sample_value("att3d_queue_rejections_total") == 1.0
+        gate.release.set()
+        for future in [running, *queued]:
+            assert future.result(30).body[:4] == b"glTF"
+    finally:
+        engine.stop()
+
+
+def test_http_429_with_retry_after_and_recovery(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    settings = settings_for(env, queue_size=2, max_batch_size=1, warmup=False, readiness_queue_fraction=0.5)
+    with started_client(settings, {"default": generator}) as client, ThreadPoolExecutor(4) as pool:
+
+        def post(prompt):
+            return client.post("/v1/generate", json={"prompt": prompt, "resolution": RES})
+
+        first = pool.submit(post, "q0")
+        assert gate.entered.wait(10)
+        waiting = [pool.submit(post, f"q{i}") for i in (1, 2)]
+        engine = client.app.state.engine
+        for _ in range(200):
+            if engine.queue_depth() == 2:
+                break
+            threading.Event().wait(0.01)
+        assert client.get("/readyz").status_code == 503  # saturated queue: not ready for more
+        refused = post("q3")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"] == "queue_full"
+        gate.release.set()
+        for future in [first, *waiting]:
+            response = future.result(30)
+            assert response.status_code == 200
+            assert_valid_glb(response.content)
+        assert post("q3").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert "att3d_queue_rejections_total 1.0" in client.get("/metrics").text
+
+
+def test_oom_and_errors_fail_only_their_request(env):
+    generator = tiny_generator()
+    gate = Gate(
+        generator,
+        fail={
+            "oom": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+            "bug": KeyError("x"),
+        },
+    )
+    gate.release.set()
+    settings = settings_for(env, max_batch_size=8, max_wait_ms=100, warmup=False)
+    with started_client(settings, {"default": generator}) as client, ThreadPoolExecutor(3) as pool:
+        # The three requests arrive within one batching window: one batch, three outcomes.
+        futures = {
+            p: pool.submit(client.post, "/v1/generate", json={"prompt": p, "resolution": RES})
+            for p in ("oom", "fine", "bug")
+        }
+        oom, fine, bug = (futures[p].result(30) for p in ("oom", "fine", "bug"))
+        assert oom.status_code == 503 and oom.json()["error"] == "out_of_memory"
+        assert "lower resolution" in oom.json()["message"] and oom.headers["retry-after"]
+        assert fine.status_code == 200
+        assert bug.status_code == 500 and bug.json()["error"] == "internal_error"
+        # The worker survived both failures.
+        after = client.post("/v1/generate", json={"prompt": "after", "resolution": RES})
+        assert after.status_code == 200
+        assert_valid_glb(after.content)
+        assert 'att3d_generation_seconds_count{outcome="out_of_memory"} 1.0' in client.get("/metrics").text
+
+
+def test_no_surface_is_422(env):
+    empty = dataclasses.replace(
+        tiny_config(),
+        field=dataclasses.replace(tiny_config().field, blob_density=0.0, density_bias=-30.0),
+    )
+    generator = Generator.seeded(empty)
+    settings = settings_for(env, warmup=True)
+    with started_client(settings, {"default": generator}) as client:
+        response = client.post("/v1/generate", json={"prompt": "nothing", "resolution": RES})
+        assert response.status_code == 422
+        assert response.json()["error"] == "no_surface"
+        assert response.json()["fields"][0]["field"] == "prompt"
+
+
+def test_timeout_is_504_and_the_late_result_is_cached(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    settings = settings_for(env, request_timeout_s=0.3, warmup=False)
+    with started_client(settings, {"default": generator}) as client:
+        slow = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
+        assert slow.status_code == 504 and slow.json()["error"] == "timeout"
+        engine = client.app.state.engine
+        key = engine.key(_spec("slow"))
+        gate.release.set()
+        for _ in range(300):
+            if engine.cache.get(key) is not None:
+                break
+            threading.Event().wait(0.02)
+        again = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
+        assert again.status_code == 200 and again.headers["x-cache"] == "hit"
+
+
+def test_expired_requests_are_skipped(env):
+    generator = tiny_generator()
+    gate = Gate(generator)
+    engine = _engine(env, generator, request_timeout_s=0.2)
+    try:
+        held = engine.submit(_spec("held"))
+        assert gate.entered.wait(10)
+        late = engine.submit(_spec("abandoned"))
+        threading.Event().wait(0.3)  # every waiter of "abandoned" has given up by now
+        gate.release.set()
+        held.result(30)
+        with pytest.raises(Exception, match="no client is waiting"):
+            late.result(30)
+        assert ("abandoned",) not in gate.calls
+    finally:
+        engine.stop()
+
+
+def test_result_cache_is_an_lru_bounded_in_bytes():
+    def result(n: int) -> GenerationResult:
+        return GenerationResult(b"x" * n, "model/gltf-binary", "m", "h", 1.0)
+
+    cache = ResultCache(max_bytes=100)
+    cache.put("a", result(40))
+    cache.put("b", result(40))
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.put("c", result(40))  # over budget: evicts the least recently used, "b"
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert cache.bytes == 80 and len(cache) == 2
+    cache.put("huge", result(101))  # larger than the whole budget: not cached, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 2
+    cache.put("a", result(10))  # replacing an entry accounts for the old size
+    assert cache.bytes == 50
+    assert ResultCache(0).get("a") is None
