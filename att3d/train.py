@@ -556,10 +556,10 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest checkpoint whose manifest verifies (a corrupt newer one is skipped with a warning)."""
+    """The newest checkpoint that verifies (manifest and weights checksum); corrupt ones are skipped."""
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
-            read_manifest(path, check_weights=False)
+            read_manifest(path, check_weights=True)
             return path
         except CheckpointError as err:
             logger.warning("skipping unreadable checkpoint: %s", err)
@@ -833,8 +833,10 @@ def default_evaluator(run: TrainRun) -> Evaluator | None:
 def stop_on_signals(event: threading.Event) -> Iterator[list[int]]:
     """While active, SIGINT/SIGTERM set ``event`` (training then saves and exits) instead of killing.
 
-    Yields the list of received signal numbers. Only the main thread can install handlers; elsewhere
-    (e.g. a service's worker thread) this does nothing and the cancel flag is the way to stop.
+    A second signal raises ``KeyboardInterrupt`` at once (an impatient Ctrl-C; saves are atomic, so the
+    newest complete checkpoint survives). Yields the list of received signal numbers. Only the main
+    thread can install handlers; elsewhere (e.g. a service's worker thread) this does nothing and the
+    cancel flag is the way to stop.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -843,6 +845,9 @@ def stop_on_signals(event: threading.Event) -> Iterator[list[int]]:
 
     def handler(signum: int, frame: object) -> None:
         received.append(signum)
+        if event.is_set():
+            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): stopping without saving")
+        logger.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
         event.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -33,6 +33,7 @@ from att3d.train import (
     build_prompt_bank,
     check_train_config,
     choose_shading,
+    latest_checkpoint,
     list_checkpoints,
     mix_rows,
     prior_condition,
@@ -433,6 +434,16 @@ def test_existing_run_needs_resume_and_resume_checks_the_model(tmp_path):
         run_train(tiny_config("steps=2", "model.field.num_bases=2"), tmp_path, resume=True)
     with pytest.raises(TrainingError, match="training prompt set differs"):
         run_train(tiny_config("steps=2", "prompts.prompts=[a cube]"), tmp_path, resume=True)
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path):
+    config = tiny_config("steps=2", "checkpoint_every=1", "prompts_per_step=1", "albedo_steps=10")
+    run_train(config, tmp_path)
+    with open(tmp_path / "checkpoints" / "step_0000002" / "model.safetensors", "ab") as f:
+        f.write(b"garbage")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_0000001"
+    resumed = run_train(config, tmp_path, resume=True)
+    assert resumed.status == "completed" and resumed.step == 2
 
 
 def test_cli_reports_bad_configs_with_exit_code_2(tmp_path):
