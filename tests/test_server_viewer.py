@@ -1,0 +1,87 @@
+"""Browser test: headless Chromium (Debian's ``chromium``, software WebGL) loads the viewer page, generates a
+mesh, and ``<model-viewer>`` must fire ``load`` and draw something that is not background.
+
+Driven by ``tools/browser/check_viewer.js`` (npm ``playwright-core``, installed by ``make test`` with
+``npm --prefix tools/browser ci``; Chromium by ``apt-get install chromium``). Skipped only when Chromium is
+not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from server_fakes import assert_valid_glb, isolated_environment, settings_for, tiny_generator
+
+from server.app import create_app
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def server_url(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = settings_for(tmp_path, max_resolution=64)
+    with isolated_environment(tmp_path):
+        app = create_app(settings, {"default": tiny_generator()})
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not (server.started and app.state.engine.ready):
+            assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
+def test_viewer_generates_and_model_viewer_draws_the_mesh(server_url):
+    node = shutil.which("node")
+    if node is None or not (TOOLS / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("the browser test needs Node.js and playwright-core: run `npm --prefix tools/browser ci`")
+    env = {**os.environ, "CHROMIUM": str(CHROMIUM)}
+    proc = subprocess.run(
+        [node, str(TOOLS / "check_viewer.js"), f"{server_url}/", "a red cube"],
+        capture_output=True,
+        timeout=240,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    result = json.loads(proc.stdout)
+    assert result["loads"] >= 1, result
+    assert result["viewerErrors"] == [] and result["consoleErrors"] == [], result
+    assert result["externalRequests"] == [], result  # nothing from a CDN or anywhere else
+    assert result["meshResponses"] == [
+        {"url": f"{server_url}/v1/generate", "status": 200, "contentType": "model/gltf-binary"}
+    ]
+    image = result["image"]
+    assert image["width"] > 100 and image["height"] > 100
+    # The mesh covers a good part of the view and is shaded (a blank canvas is one colour).
+    assert image["nonBackgroundFraction"] > 0.02, image
+    assert image["distinctColours"] > 5, image
+
+    # The bytes the browser showed (now cached) pass the Khronos validator.
+    again = httpx.post(
+        f"{server_url}/v1/generate", json={"prompt": "a red cube", "resolution": 64}, timeout=60
+    )
+    assert again.headers["x-cache"] == "hit"
+    assert_valid_glb(again.content)
