@@ -1,4 +1,11 @@
-"""ShapesWorld: analytic objects with known answers (exact SDF, renders, metrics, prompt splits)."""
+"""ShapesWorld: analytic objects with known answers.
+
+- ``world``: shapes, colours, objects with exact SDFs, prompts and the versioned prompt splits;
+- ``render``: exact ground-truth renders (sphere tracing) and random-camera datasets;
+- ``metrics``: volumetric / mesh IoU and surface colour error against the ground truth.
+
+Only ``world`` is imported here, so ``import att3d.shapes`` stays light.
+"""
 
 from att3d.shapes.world import (
     COLOR_NAMES,
