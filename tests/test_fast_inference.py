@@ -1,0 +1,172 @@
+"""Batched device inference against the reference path (att3d.mesh.extract_mesh), on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from att3d.config import EncodingConfig, FieldConfig, MeshConfig
+from att3d.fast_inference import (
+    FastInferenceOptions,
+    FastMesher,
+    TorchBatchQuery,
+    build_query,
+    query_chunked,
+)
+from att3d.field import AmortizedField
+from att3d.mesh import NoSurfaceError, extract_mesh, mesh_to_bytes
+
+from gltf_validator import assert_valid_glb
+
+TEXT_DIM = 16
+
+
+def tiny_field(density_gain: float = 100.0, density_bias: float = 0.0) -> AmortizedField:
+    """A small field whose surface follows the hash grid (not just the density blob): the MLP's density
+    output is amplified so the random grid features shape a wrinkled surface that touches the box."""
+    torch.manual_seed(0)
+    config = FieldConfig(
+        encoding=EncodingConfig(levels=4, log2_table_size=10, base_resolution=4, growth_factor=1.5),
+        text_dim=TEXT_DIM,
+        num_bases=4,
+        hidden_dim=16,
+        blob_density=4.0,
+        blob_radius=0.8,
+        density_bias=density_bias,
+    )
+    field = AmortizedField(config).eval()
+    with torch.no_grad():
+        field.head.mlp[-1].weight[0] *= density_gain
+        field.head.mlp[-1].bias[0] = 0.0
+    return field
+
+
+@pytest.fixture(scope="module")
+def field() -> AmortizedField:
+    return tiny_field()
+
+
+@pytest.fixture(scope="module")
+def embeddings() -> torch.Tensor:
+    return torch.randn(2, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+
+
+MESH = MeshConfig(resolution=24, coarse_resolution=16, marching_cubes="torch", min_component_fraction=0.02)
+
+
+def assert_same_mesh(mesh: trimesh.Trimesh, ref: trimesh.Trimesh, atol: float = 1e-5) -> None:
+    assert len(mesh.vertices) == len(ref.vertices) and len(mesh.faces) == len(ref.faces)
+    np.testing.assert_allclose(np.sort(mesh.vertices, axis=0), np.sort(ref.vertices, axis=0), atol=atol)
+    order, ref_order = np.lexsort(mesh.vertices.T), np.lexsort(ref.vertices.T)
+    colors = mesh.visual.vertex_colors[order].astype(int)
+    np.testing.assert_allclose(colors, ref.visual.vertex_colors[ref_order], atol=1)
+    assert mesh.volume == pytest.approx(ref.volume, rel=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_same_surface_as_the_reference_path(field, embeddings, block):
+    meshes = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", block=block)).meshes(embeddings)
+    assert len(meshes) == 2
+    for embedding, mesh in zip(embeddings, meshes, strict=True):
+        ref = extract_mesh(field.materialize(embedding), MESH)
+        assert len(ref.vertices) > 1000  # a wrinkled surface, not the bare blob
+        assert_same_mesh(mesh, ref)
+        assert mesh.is_watertight and mesh.volume > 0
+        normals_outward = np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices - mesh.centroid)
+        assert (normals_outward > 0).mean() > 0.8
+
+
+def test_floaters_are_dropped_as_in_the_reference(embeddings):
+    # A rougher field makes small separate pieces; both paths must keep the same ones.
+    field = tiny_field(density_gain=300.0, density_bias=-2.0)
+    config = MeshConfig(
+        resolution=32, coarse_resolution=16, marching_cubes="torch", min_component_fraction=0.3
+    )
+    mesh = FastMesher(field, config, FastInferenceOptions(dtype="float32", block=1)).meshes(embeddings[:1])[0]
+    ref = extract_mesh(field.materialize(embeddings[0]), config)
+    unfiltered = extract_mesh(
+        field.materialize(embeddings[0]), dataclasses.replace(config, min_component_fraction=0.0)
+    )
+    assert len(unfiltered.faces) > len(ref.faces)  # the case really has floaters
+    assert_same_mesh(mesh, ref)
+
+
+def test_batch_matches_single_prompts_and_groups(field, embeddings):
+    batched = FastMesher(field, MESH, FastInferenceOptions(dtype="float32")).meshes(embeddings)
+    # One prompt per marching-cubes group, with the queries still batched.
+    grouped = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", max_stack_samples=1))
+    single = FastMesher(field, MESH, FastInferenceOptions(dtype="float32"))
+    for i, mesh in enumerate(grouped.meshes(embeddings)):
+        assert_same_mesh(mesh, batched[i])
+    assert_same_mesh(single.meshes(embeddings[1:])[0], batched[1])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_keeps_the_occupancy(field, embeddings, dtype):
+    axis = torch.linspace(-1, 1, 24)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    counts = [len(points)] * len(embeddings)
+    level = MESH.density_threshold
+    exact, _ = TorchBatchQuery(field, embeddings, torch.float32)(points.repeat(2, 1), counts)
+    approx, albedo = TorchBatchQuery(field, embeddings, getattr(torch, dtype))(points.repeat(2, 1), counts)
+    inside, inside_approx = exact > level, approx > level
+    iou = (inside & inside_approx).sum() / (inside | inside_approx).sum()
+    assert iou > 0.98
+    assert approx.dtype == torch.float32 and albedo.dtype == torch.float32
+
+
+def test_glb_export_is_valid(field, embeddings):
+    mesh = FastMesher(field, MESH, FastInferenceOptions(dtype="float32")).meshes(embeddings[:1])[0]
+    data = mesh_to_bytes(mesh, "glb")
+    assert_valid_glb(data)
+    loaded = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", force="mesh")
+    assert len(loaded.faces) == len(mesh.faces)
+
+
+def test_no_surface_is_reported_per_batch_item(field, embeddings):
+    empty = tiny_field(density_gain=1.0, density_bias=-100.0)
+    mesher = FastMesher(empty, MESH, FastInferenceOptions(dtype="float32"))
+    with pytest.raises(NoSurfaceError, match="batch item 0: no surface found"):
+        mesher.meshes(embeddings)
+    results = mesher.meshes(embeddings, return_exceptions=True)
+    assert all(isinstance(r, NoSurfaceError) for r in results)
+
+
+def test_query_chunked_matches_one_call(field, embeddings):
+    query = build_query(field, embeddings, torch.float32)
+    points = torch.rand(101, 3) * 2 - 1
+    counts = [37, 64]
+    density, albedo = query(points, counts)
+    chunked_density, chunked_albedo = query_chunked(query, points, counts, chunk=10)
+    torch.testing.assert_close(chunked_density, density)
+    torch.testing.assert_close(chunked_albedo, albedo)
+    # Each run really uses its own prompt's grid.
+    first, _ = query(points[:37], [37, 0])
+    torch.testing.assert_close(first, density[:37])
+    other, _ = query(points[:37], [0, 37])
+    assert not torch.allclose(other, first)
+
+
+def test_bad_input(field):
+    mesher = FastMesher(field, MESH)
+    with pytest.raises(ValueError, match=r"embeddings must be \[P, 16\]"):
+        mesher.meshes(torch.zeros(3))
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        FastMesher(field, MESH, FastInferenceOptions(block=0))
+    with pytest.raises(ValueError, match="dtype must be auto or one of float32"):
+        FastMesher(field, MESH, FastInferenceOptions(dtype="int8"))
+    with pytest.raises(ValueError, match="eval mode"):
+        TorchBatchQuery(AmortizedField(field.config), torch.zeros(1, TEXT_DIM), torch.float32)
+    query = build_query(field, torch.zeros(2, TEXT_DIM), torch.float32)
+    with pytest.raises(ValueError, match="got 1 point runs for 2 prompts"):
+        query(torch.zeros(4, 3), [4])
+
+
+def test_auto_dtype():
+    options = FastInferenceOptions()
+    assert options.resolved_dtype(torch.device("cpu")) == torch.float32
+    assert options.resolved_dtype(torch.device("cuda")) == torch.float16
