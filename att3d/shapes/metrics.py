@@ -6,9 +6,13 @@
 - :func:`color_error`: albedo sampled on the true surface against the true colour, and whether the
   nearest named colour of its mean is the right one.
 
+- :func:`evaluate`: both scores averaged over a prompt set for an amortized field (the hook
+  ``att3d.train.default_evaluator`` calls on the held-out prompts).
+
 The third score of DESIGN.md §3, the R-precision analogue (does a classifier trained on ground-truth
 renders name the right shape and colour in renders of the generated object), lives in
-``att3d.shapes.classifier.r_precision``; it needs rendered views rather than a field query.
+``att3d.shapes.classifier.r_precision``; it needs rendered views rather than a field query. It plugs
+into :func:`evaluate` where marked.
 
 For scale, IoUs between true shapes at 64³: sphere–cube 0.713 (the highest pair), cone–pyramid 0.656,
 cylinder–capsule 0.654, sphere–cylinder 0.547; the torus scores below 0.33 against everything. So a
@@ -18,7 +22,7 @@ cube that scores near 0.7 is "some blob", not a cube.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -27,7 +31,11 @@ from torch import Tensor
 
 from att3d.mesh import QueryFn
 from att3d.shapes.render import sdf_normals
-from att3d.shapes.world import COLORS, ShapeObject
+from att3d.shapes.world import COLORS, ShapeObject, parse_prompt
+
+if TYPE_CHECKING:
+    from att3d.config import ModelConfig
+    from att3d.field import AmortizedField
 
 DENSITY_THRESHOLD = 6.93
 """Default occupancy iso-level, ``ln 2 / 0.1``: 50 % opacity across 0.1 world units (``MeshConfig``)."""
@@ -225,10 +233,56 @@ def ground_truth_query(obj: ShapeObject, inside_density: float = 1000.0) -> Quer
     return query
 
 
+def evaluate(
+    field: AmortizedField,
+    prompts: Sequence[str],
+    embeddings: Tensor,
+    config: ModelConfig,
+    resolution: int = 64,
+    n_points: int = 2048,
+) -> dict[str, float]:
+    """Mean scores of an amortized field over ShapesWorld prompts (others are skipped).
+
+    Each prompt's field is materialized once (``field.materialize(embedding)``) and queried on the
+    embeddings' device, with the mesh iso-level ``config.mesh.density_threshold`` as the occupancy
+    threshold and ``config.field.bound`` as the grid's extent. Returns ``iou`` (volumetric IoU),
+    ``color_accuracy`` (fraction with the right nearest colour), ``color_distance`` (mean RGB
+    distance) and ``scored`` (how many prompts were ShapesWorld objects); empty when none was.
+    """
+    if len(prompts) != embeddings.shape[0]:
+        raise ValueError(f"got {len(prompts)} prompts but {embeddings.shape[0]} embeddings")
+    ious, correct, distances = [], [], []
+    for prompt, embedding in zip(prompts, embeddings, strict=True):
+        obj = parse_prompt(prompt)
+        if obj is None:
+            continue
+        query = field.materialize(embedding)
+        device = embedding.device
+        ious.append(
+            volumetric_iou(
+                query, obj, resolution, config.mesh.density_threshold, config.field.bound, device=device
+            )
+        )
+        score = color_error(query, obj, n_points, device=device)
+        correct.append(float(score["correct"]))
+        distances.append(score["mean_rgb_distance"])
+        # R-precision plugs in here: render views of `query` with att3d.render.render and score them
+        # with att3d.shapes.classifier.r_precision(images, obj).
+    if not ious:
+        return {}
+    return {
+        "iou": float(np.mean(ious)),
+        "color_accuracy": float(np.mean(correct)),
+        "color_distance": float(np.mean(distances)),
+        "scored": float(len(ious)),
+    }
+
+
 __all__ = [
     "DENSITY_THRESHOLD",
     "ColorError",
     "color_error",
+    "evaluate",
     "grid_points",
     "ground_truth_query",
     "mesh_iou",
