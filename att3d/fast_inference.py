@@ -134,13 +134,7 @@ class TorchBatchQuery:
             corners = table.index_select(0, index.reshape(-1)).view(*index.shape, -1)
             # Accumulate in float32 whatever the storage precision.
             features.append((corners.float() * weight[..., None]).sum(dim=1))
-        features = torch.cat(features, dim=-1)
-        if self.dtype == torch.float32:
-            return self.field.head(features, points)
-        # Autocast runs the head's matmuls in reduced precision; the blob bias and exp stay float32.
-        with torch.autocast(points.device.type, dtype=self.dtype):
-            density, albedo = self.field.head(features, points)
-        return density.float(), albedo.float()
+        return evaluate_head(self.field, torch.cat(features, dim=-1), points, self.dtype)
 
     @torch.no_grad()
     def __call__(self, points: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -150,6 +144,21 @@ class TorchBatchQuery:
             torch.arange(len(counts), device=points.device), torch.as_tensor(counts, device=points.device)
         )
         return self._compiled(points, prompt)
+
+
+def evaluate_head(
+    field: AmortizedField, features: Tensor, points: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The field's MLP head on grid ``features [N, L*F]``, in float32 out whatever ``dtype``.
+
+    In reduced precision, autocast runs the head's matmuls in ``dtype``; the density blob, the density
+    activation and the outputs stay float32 (the iso-level test needs them).
+    """
+    if dtype == torch.float32:
+        return field.head(features.float(), points)
+    with torch.autocast(points.device.type, dtype=dtype):
+        density, albedo = field.head(features.float(), points)
+    return density.float(), albedo.float()
 
 
 def build_query(
