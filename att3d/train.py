@@ -13,9 +13,10 @@ One optimizer step, top to bottom (:func:`forward_backward`, then ``optimizer.st
 
 A one-prompt set is per-prompt DreamFusion through the same code path.
 
-Runs are resumable bit for bit: every random draw comes from two per-process generators (a
+Runs are resumable bit for bit on the CPU: every random draw comes from two per-process generators (a
 ``torch.Generator`` for tensors, a numpy ``Generator`` for host-side choices) whose states are saved
-with the Adam state next to each checkpoint (``train_state.safetensors``).
+with the Adam state next to each checkpoint (``train_state.safetensors``). On CUDA the hash-grid
+backward accumulates with atomic adds, whose order varies, so a resumed run matches to about 1e-6.
 
 Multi-process (``torchrun``): the process group comes from the environment (gloo on CPU, NCCL on CUDA),
 only the field is wrapped in DistributedDataParallel (the frozen prior never is), each rank draws its
@@ -25,6 +26,7 @@ plain prompts from its own shard of the set, and rank 0 writes checkpoints, logs
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -931,10 +933,14 @@ def wrap_ddp(run: TrainRun) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [run.dist.device.index] if run.dist.device.type == "cuda" else None
-    # broadcast_buffers=False: every rank computes the same power-iteration vectors from identical
-    # weights, and an in-place broadcast at each of the renderer's field calls would invalidate the
-    # autograd graph of the earlier calls.
-    run.model = DistributedDataParallel(run.field, device_ids=device_ids, broadcast_buffers=False)
+    # No buffer broadcast in forward: the only buffers are the spectral-norm power-iteration vectors,
+    # which every rank computes identically from identical weights, and the renderer calls the field
+    # several times per step. Newer torch names the switch forward_sync_buffers.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        no_sync = {"forward_sync_buffers": False}
+    else:
+        no_sync = {"broadcast_buffers": False}
+    run.model = DistributedDataParallel(run.field, device_ids=device_ids, **no_sync)
 
 
 def train(
@@ -1047,6 +1053,8 @@ def _train(
                     _run_evaluator(run, evaluator, reporter)
         if saved_step != run.step:
             last_saved = save_training_checkpoint(run)
+        if config.preview_every > 0 and not _due(run.step, config.preview_every) and info.is_main:
+            save_png(run.out_dir / "previews" / f"step_{run.step:07d}.png", render_preview(run))  # final look
     finally:
         reporter.close()
         if run.level_mask is not None:

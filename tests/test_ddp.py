@@ -121,7 +121,9 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
 
     # 1) The building blocks: three DDP steps, then dump this rank's weights and the prompts it drew.
     prior = ToyPrior()
-    run = setup_run(_config("steps=3"), Path(tmp) / "manual", info, prior, ToyEncoder())
+    # Diffuse shading: the renderer calls the DDP-wrapped field several times (normals) before one backward.
+    config = _config("steps=3", "albedo_steps=0", "model.render.image_size=8")
+    run = setup_run(config, Path(tmp) / "manual", info, prior, ToyEncoder())
     wrap_ddp(run)
     for step in range(3):
         forward_backward(run, step)

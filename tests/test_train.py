@@ -362,10 +362,12 @@ def test_sigterm_saves_a_checkpoint_and_reports_the_signal(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.getsignal(signal.SIGTERM)
-    result = run_train(tiny_config("steps=5", "albedo_steps=10"), tmp_path, progress_callback=send_sigterm)
+    config = tiny_config("steps=5", "albedo_steps=10", "preview_every=4")
+    result = run_train(config, tmp_path, progress_callback=send_sigterm)
     assert result.status == "interrupted" and result.signal == signal.SIGTERM
     assert result.step == 1
     assert [step for step, _ in list_checkpoints(tmp_path)] == [1]
+    assert (tmp_path / "previews" / "step_0000001.png").is_file()  # a last preview of where it stopped
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
 
 
