@@ -50,7 +50,7 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(
         field=FieldConfig(encoding=encoding, num_bases=4, hidden_dim=16),
         text=TextConfig(encoder=ENCODER),
-        mesh=MeshConfig(resolution=24, coarse_resolution=16),
+        mesh=MeshConfig(resolution=24, coarse_resolution=16, texture_size=64),
     )
 
 
