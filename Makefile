@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint
+.PHONY: run test setup lint browser-setup
 
 $(BIN)/att3d: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,16 @@ $(BIN)/att3d: pyproject.toml constraints.txt
 tools/node_modules/.package-lock.json: tools/package.json tools/package-lock.json
 	npm --prefix tools ci --no-audit --no-fund --loglevel=error
 
+# Browser test of the viewer page: playwright-core (pinned by tools/browser/package-lock.json) drives
+# Debian's chromium, installed here when missing; without it the test is skipped with that reason.
+tools/browser/node_modules/.package-lock.json: tools/browser/package.json tools/browser/package-lock.json
+	npm --prefix tools/browser ci --no-audit --no-fund --loglevel=error
+
+browser-setup: tools/browser/node_modules/.package-lock.json
+	@command -v chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "warning: could not install chromium; the browser test will be skipped"
+
 setup: $(BIN)/att3d
 
 run: setup
@@ -27,5 +37,5 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint tools/node_modules/.package-lock.json
+test: lint tools/node_modules/.package-lock.json browser-setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
