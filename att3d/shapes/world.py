@@ -471,6 +471,7 @@ __all__ = [
     "SHAPE_NAMES",
     "SPLITS_VERSION",
     "Color",
+    "SdfFn",
     "Shape",
     "ShapeObject",
     "Splits",
