@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Request latencies span cache hits (sub-millisecond) to high-resolution meshes on a CPU (a minute).
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -15,6 +15,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes and friends (Linux): what scripts/load_test.py reports as RSS.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "att3d_http_requests",
             "HTTP requests by route template, method and status.",
