@@ -375,6 +375,11 @@ class Engine:
     def _warmup(self, generator: Generator) -> None:
         config = dataclasses.replace(generator.config.mesh, resolution=16, texture="vertex")
         started = time.perf_counter()
+        # The warm-up prompt's embedding may come from the on-disk cache, which would leave the text
+        # encoder unloaded until the first new prompt: load it now (a CachedEncoder wraps the model).
+        text_model = getattr(generator.encoder, "encoder", generator.encoder)
+        if callable(getattr(text_model, "load", None)):
+            text_model.load()
         with contextlib.suppress(NoSurfaceError), torch.no_grad():
             mesh_to_bytes(generator.generate(WARMUP_PROMPT, config), "glb")
         logger.info("warmed up model %s in %.2f s", generator.name, time.perf_counter() - started)

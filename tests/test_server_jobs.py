@@ -213,3 +213,17 @@ def test_worker_outcomes_in_process(store, tmp_path, monkeypatch):
     store.request_cancel(failing["id"])
     assert run_job(store, failing["id"], "server_fakes:fake_train") == "canceled"
     assert store.get(failing["id"])["state"] == "canceled"
+
+
+def test_graceful_shutdown_interrupts_and_keeps_the_checkpoint(tmp_path):
+    """Stopping the server SIGTERMs the job process: it saves, ends interrupted, and can be resumed."""
+    with pytest.MonkeyPatch.context() as patch, isolated_environment(tmp_path):
+        patch.setenv(STEP_SECONDS_ENV, "0.05")
+        settings = settings_for(tmp_path, warmup=False)
+        with started_client(settings, {"default": tiny_generator()}) as client:
+            job = client.post("/v1/jobs", json=_job(steps=400)).json()
+            _wait(client, job["id"], lambda s: s["state"] == "running" and s["step"] >= 3)
+        # The lifespan has ended: the job process was asked to stop and has recorded how it ended.
+        row = JobStore(tmp_path / "data" / "jobs.sqlite").get(job["id"])
+        assert row["state"] == "interrupted", row
+        assert row["step"] >= 3 and row["checkpoint"] and "resume" in row["error"]
