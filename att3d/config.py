@@ -58,8 +58,8 @@ class FieldConfig:
     """Dimension of the text embedding fed to the mapping network."""
     num_bases: int = 16
     """K: hidden width of the mapping network = number of basis grids mixed per prompt."""
-    mixing_gain: float = 30.0
-    """Scale applied after the spectral-normalized output layer (its Lipschitz bound)."""
+    mixing_gain: float = 1.0
+    """Lipschitz bound of the output layer per grid entry: a unit ``v(c)`` gives entries of RMS <= this."""
     hidden_dim: int = 64
     """Width of the MLP head."""
     hidden_layers: int = 2

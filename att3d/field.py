@@ -11,12 +11,14 @@ columns of W2). We store those columns as a hash grid with K feature vectors per
 
 Both give the same values (tested). Spectral normalization (the paper reports divergence without it) is
 applied to both layers; for W2, stored as per-level tables, the largest singular value is tracked by
-power iteration exactly as ``torch.nn.utils.spectral_norm`` does for a matrix. ``mixing_gain`` sets the
+power iteration exactly as ``torch.nn.utils.spectral_norm`` does for a matrix. ``mixing_gain`` bounds the
 Lipschitz bound of the text-to-grid map. The MLP head that decodes grid features into density and albedo
 is shared by all prompts.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -114,14 +116,21 @@ class AmortizedField(nn.Module):
         self._sn_u.copy_(F.normalize(wt_w_u, dim=0))
 
     def output_scale(self) -> Tensor:
-        """``mixing_gain / σ_max(W2)``, with σ_max from the tracked singular vector (differentiable)."""
+        """``mixing_gain * sqrt(n) / σ_max(W2)`` for W2 with ``n`` rows (σ_max tracked, differentiable).
+
+        The ``sqrt(n)`` keeps the bound meaningful per grid entry: a unit ``v`` gives grid entries of RMS at
+        most ``mixing_gain``, whatever the table sizes. (A bound on the whole parameter vector, without it,
+        left entries ~1e-3 and prompts indistinguishable to the MLP head.)
+        """
         if self.training:
             with torch.no_grad():
                 self._power_iteration()
-        sigma = torch.cat(
-            [torch.einsum("tkf,k->tf", t, self._sn_u).reshape(-1) for t in self._basis_tables()]
-        ).norm()
-        return self.config.mixing_gain / sigma
+        # Clone: the next training forward updates the tracked vector in place, and a backward through a
+        # graph that still holds this one (several field calls per step) must see the value used here.
+        u = self._sn_u.clone()
+        products = [torch.einsum("tkf,k->tf", t, u).reshape(-1) for t in self._basis_tables()]
+        sigma = torch.cat(products).norm()
+        return self.config.mixing_gain * math.sqrt(sum(p.numel() for p in products)) / sigma
 
     def mixing_weights(self, embeddings: Tensor) -> Tensor:
         """``v(c)`` ``[P, K]`` scaled by the output normalization: the basis-grid weights per prompt."""
