@@ -328,16 +328,8 @@ class PromptBank:
 
 
 def prior_is_view_conditioned(prior: DiffusionPrior) -> bool:
-    """View-conditioned priors read ``PriorCondition.cameras``; text-only ones get view suffixes instead.
-
-    A prior says so with a ``view_conditioned`` attribute; the bundled ShapesWorld prior is one.
-    """
-    flag = getattr(prior, "view_conditioned", None)
-    if flag is not None:
-        return bool(flag)
-    from att3d.priors.shapes import ShapesPrior  # cheap: diffusers is imported inside its functions
-
-    return isinstance(prior, ShapesPrior)
+    """View-conditioned priors read ``PriorCondition.cameras``; text-only ones get view suffixes instead."""
+    return bool(prior.view_conditioned)
 
 
 def build_prompt_bank(

@@ -36,6 +36,8 @@ def test_wrong_type_is_named() -> None:
 
 def test_int_accepted_for_float_but_not_bool_for_int() -> None:
     assert load_config(ModelConfig, None, ["field.blob_density=3"]).field.blob_density == 3.0
+    # YAML 1.1 parses 1e-2 (no dot) as a string; it is still a number.
+    assert load_config(ModelConfig, None, ["field.blob_density=1e-2"]).field.blob_density == 0.01
     with pytest.raises(ConfigError):
         load_config(ModelConfig, None, ["field.num_bases=true"])
 

@@ -46,6 +46,9 @@ class DiffusionPrior(ABC):
     """``pixel`` (denoises images in [-1, 1]) or ``latent`` (denoises VAE latents)."""
     num_train_timesteps: int
     """Length of the discrete noise schedule."""
+    view_conditioned: bool = False
+    """True when the prior reads ``PriorCondition.cameras``; text-only priors get view-dependent prompt
+    suffixes from the trainer instead."""
     alphas_cumprod: Tensor
     """``ᾱ_t`` for every discrete timestep ``[num_train_timesteps]`` (on the prior's device)."""
 

@@ -239,6 +239,7 @@ class ShapesPrior(DiffusionPrior):
     """
 
     space = "pixel"
+    view_conditioned = True
 
     def __init__(
         self,
