@@ -3,6 +3,8 @@ no server error, and every response matches the documented status codes, content
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
 import tempfile
 import threading
@@ -30,6 +32,7 @@ def _app():
     # Jobs stay queued (no training processes) and meshes stay small: each generation takes well under
     # a second. The app is built at import because schemathesis generates the tests from its schema.
     tmp = Path(tempfile.mkdtemp(prefix="att3d-openapi-"))
+    atexit.register(shutil.rmtree, tmp, True)
     app_settings = settings_for(tmp, max_running_jobs=0, max_resolution=20, max_frames=2, warmup=False)
     with isolated_environment(tmp):  # the generator's text cache goes to tmp
         return create_app(app_settings, {"default": tiny_generator()})
