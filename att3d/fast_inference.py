@@ -64,8 +64,9 @@ class FastInferenceOptions:
     (float16 on CUDA, float32 on the CPU)."""
     block: int = 4
     """Side of a coarse-to-fine block in fine samples (1: query every fine sample)."""
-    dilation: int = 1
-    """Blocks around each block that straddles the iso-level that are also queried in full."""
+    dilation: int = 0
+    """Blocks around each straddling block queried from the start (the region also grows on its own
+    wherever the surface leaves it)."""
     chunk_points: int = 1 << 21
     """Points per query call (bounds the memory of the interpolation temporaries)."""
     max_stack_samples: int = 1 << 28
@@ -279,6 +280,52 @@ def _upsample(corner_values: Tensor, blocks: Sequence[tuple[Tensor, Tensor, Tens
     return volume
 
 
+_MAX_ROUNDS = 16
+"""Rounds of growing the queried region (one or two are typical; the last ones only verify)."""
+
+
+@dataclass
+class _Refinement:
+    """One prompt's coarse-to-fine state: active blocks, queried samples and the current volume."""
+
+    blocks: list[tuple[Tensor, Tensor, Tensor]]
+    """Per axis: ``_axis_blocks`` of the fine samples."""
+    active: Tensor
+    """Active blocks ``[bx, by, bz]``."""
+    queried: Tensor
+    """Fine samples holding a queried value ``[nx, ny, nz]``."""
+    volume: Tensor
+    """Queried values where ``queried``, the block corners' trilinear interpolation elsewhere."""
+
+    def samples(self) -> Tensor:
+        """Fine samples of active blocks (a sample on a block boundary belongs to every block it touches)."""
+        mask = torch.zeros_like(self.queried)
+        for pick in range(8):
+            ix, iy, iz = (self.blocks[axis][pick >> axis & 1] for axis in range(3))
+            mask |= self.active[ix[:, None, None], iy[None, :, None], iz[None, None, :]]
+        return mask
+
+    def update(self, new: Tensor, values: Tensor, level: float) -> None:
+        """Store queried ``values`` at the ``new`` samples; activate the blocks the surface leaks into."""
+        self.volume[new] = torch.nan_to_num(values, nan=0.0, posinf=torch.finfo(torch.float32).max)
+        self.queried |= new
+        inside = self.volume > level
+        leaks = torch.zeros_like(self.queried)
+        for axis in range(3):
+            n = inside.shape[axis] - 1
+            a, b = inside.narrow(axis, 0, n), inside.narrow(axis, 1, n)
+            qa, qb = self.queried.narrow(axis, 0, n), self.queried.narrow(axis, 1, n)
+            crossing = a != b
+            # An interpolated sample next to a queried one on the other side of the level: the true
+            # surface may continue into its blocks.
+            leaks.narrow(axis, 0, n).logical_or_(crossing & ~qa & qb)
+            leaks.narrow(axis, 1, n).logical_or_(crossing & qa & ~qb)
+        index = leaks.nonzero()
+        for pick in range(8):
+            bx, by, bz = (self.blocks[axis][pick >> axis & 1][index[:, axis]] for axis in range(3))
+            self.active[bx, by, bz] = True
+
+
 # --------------------------------------------------------------------------------------------------
 # The mesher
 # --------------------------------------------------------------------------------------------------
@@ -384,52 +431,57 @@ class FastMesher:
     def _fine_volumes(
         self, query: BatchQuery, grids: list[_FineGrid | None], results: list
     ) -> list[Tensor | None]:
-        """Every prompt's fine density grid: block corners first, then the samples of active blocks."""
+        """Every prompt's fine density grid: block corners first, then the samples of active blocks.
+
+        Active blocks start as those whose corners straddle the level (plus ``dilation``) and grow until
+        no grid edge between a queried and an interpolated sample crosses the level, i.e. until the
+        queried region encloses every surface it touches; the queries of all prompts go in one call per
+        round.
+        """
         level = self.config.density_threshold
         live = [p for p, g in enumerate(grids) if g is not None]
+        volumes: list[Tensor | None] = [None] * len(grids)
+        if not live:
+            return volumes
         counts = [0] * len(grids)
         corner_points = []
         for p in live:
             corner_points.append(grids[p].points(_product_index(grids[p].corners)))
             counts[p] = len(corner_points[-1])
-        volumes: list[Tensor | None] = [None] * len(grids)
-        if not live:
-            return volumes
         density, _ = query_chunked(query, torch.cat(corner_points), counts, self.options.chunk_points)
         corner_values = torch.nan_to_num(density, nan=0.0).split(counts)
 
-        masks, fine_points, fine_counts = {}, [], [0] * len(grids)
+        states = {}
         for p in live:
             grid = grids[p]
             values = corner_values[p].view(*(len(c) for c in grid.corners))
             blocks = [_axis_blocks(c, s) for c, s in zip(grid.corners, grid.shape, strict=True)]
             active = _active_blocks(values, level, self.options.dilation)
-            if bool(active.any()):
-                # A sample is needed when any block it belongs to is active (corners belong to two).
-                mask = torch.zeros(grid.shape, dtype=torch.bool, device=self.device)
-                for pick in range(8):
-                    ix, iy, iz = (blocks[axis][pick >> axis & 1] for axis in range(3))
-                    mask |= active[ix[:, None, None], iy[None, :, None], iz[None, None, :]]
-            else:
+            if not bool(active.any()):
                 # No block straddles the level: query everything rather than miss a thin object.
-                mask = torch.ones(grid.shape, dtype=torch.bool, device=self.device)
-            volumes[p] = _upsample(values, blocks)
-            masks[p] = mask
-            index = mask.nonzero()
-            fine_points.append(grid.points(index))
-            fine_counts[p] = len(index)
-        density, _ = query_chunked(query, torch.cat(fine_points), fine_counts, self.options.chunk_points)
-        for p, values in zip(range(len(grids)), density.split(fine_counts), strict=True):
-            if p not in masks:
-                continue
-            volume = volumes[p]
-            volume[masks[p]] = torch.nan_to_num(values, nan=0.0, posinf=torch.finfo(torch.float32).max)
-            if not bool((volume > level).any()):
+                active = torch.ones_like(active)
+            queried = torch.zeros(grid.shape, dtype=torch.bool, device=self.device)
+            states[p] = _Refinement(blocks, active, queried, _upsample(values, blocks))
+
+        for _ in range(_MAX_ROUNDS):
+            new = {p: state.samples() & ~state.queried for p, state in states.items()}
+            index = {p: mask.nonzero() for p, mask in new.items()}
+            fine_counts = [len(index[p]) if p in index else 0 for p in range(len(grids))]
+            if sum(fine_counts) == 0:
+                break
+            points = torch.cat([grids[p].points(index[p]) for p in states])
+            density, _ = query_chunked(query, points, fine_counts, self.options.chunk_points)
+            for p, values in zip(range(len(grids)), density.split(fine_counts), strict=True):
+                if p in states and len(values):
+                    states[p].update(new[p], values, level)
+
+        for p, state in states.items():
+            if not bool((state.volume > level).any()):
                 shape = "x".join(map(str, grids[p].shape))
-                results[p] = _no_surface(
-                    volume.cpu().numpy(), level, f"fine {shape} grid inside the occupied box"
-                )
-                volumes[p] = None
+                where = f"fine {shape} grid inside the occupied box"
+                results[p] = _no_surface(state.volume.cpu().numpy(), level, where)
+            else:
+                volumes[p] = state.volume
         return volumes
 
     def _groups(self, grids: list[_FineGrid | None], volumes: list[Tensor | None]) -> list[list[int]]:

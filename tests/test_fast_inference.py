@@ -25,9 +25,9 @@ from gltf_validator import assert_valid_glb
 TEXT_DIM = 16
 
 
-def tiny_field(density_gain: float = 100.0, density_bias: float = 0.0) -> AmortizedField:
+def tiny_field(density_gain: float = 40.0, density_bias: float = 0.0) -> AmortizedField:
     """A small field whose surface follows the hash grid (not just the density blob): the MLP's density
-    output is amplified so the random grid features shape a wrinkled surface that touches the box."""
+    output is amplified so the random grid features shape a lumpy surface."""
     torch.manual_seed(0)
     config = FieldConfig(
         encoding=EncodingConfig(levels=4, log2_table_size=10, base_resolution=4, growth_factor=1.5),
@@ -67,17 +67,37 @@ def assert_same_mesh(mesh: trimesh.Trimesh, ref: trimesh.Trimesh, atol: float = 
     assert mesh.volume == pytest.approx(ref.volume, rel=1e-5)
 
 
-@pytest.mark.parametrize("block", [1, 4])
-def test_same_surface_as_the_reference_path(field, embeddings, block):
-    meshes = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", block=block)).meshes(embeddings)
+def test_same_surface_as_the_reference_path(field, embeddings):
+    # block=1 queries every fine sample; coarse-to-fine blocks are checked against the reference below.
+    meshes = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", block=1)).meshes(embeddings)
     assert len(meshes) == 2
     for embedding, mesh in zip(embeddings, meshes, strict=True):
         ref = extract_mesh(field.materialize(embedding), MESH)
-        assert len(ref.vertices) > 1000  # a wrinkled surface, not the bare blob
+        assert len(ref.vertices) > 1000  # a lumpy surface, not the bare blob
         assert_same_mesh(mesh, ref)
         assert mesh.is_watertight and mesh.volume > 0
-        normals_outward = np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices - mesh.centroid)
-        assert (normals_outward > 0).mean() > 0.8
+        # The normals computed on the device agree with the winding (and so point outward).
+        from_faces = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals
+        assert np.einsum("ij,ij->i", mesh.vertex_normals, from_faces).min() > 0.5
+
+
+def test_queried_region_grows_where_the_surface_leaves_it(field, embeddings, monkeypatch):
+    import att3d.fast_inference as fast_inference
+
+    sizes = []
+    original = fast_inference.query_chunked
+
+    def counting(query, points, counts, chunk):
+        sizes.append(len(points))
+        return original(query, points, counts, chunk)
+
+    monkeypatch.setattr(fast_inference, "query_chunked", counting)
+    options = FastInferenceOptions(dtype="float32", block=4, dilation=0)
+    meshes = FastMesher(field, MESH, options).meshes(embeddings)
+    # coarse, block corners, straddling blocks, >= 1 growth round, vertex albedo
+    assert len(sizes) >= 5
+    for embedding, mesh in zip(embeddings, meshes, strict=True):
+        assert_same_mesh(mesh, extract_mesh(field.materialize(embedding), MESH))
 
 
 def test_floaters_are_dropped_as_in_the_reference(embeddings):
