@@ -20,6 +20,11 @@ product rounds differently from a single-row one (measured: MiniLM rows differ b
 on 2 CPU threads), and the result for a request must not depend on which requests arrived with it. The
 field query cannot share a forward pass anyway: each prompt's coarse pass finds its own fine-grid box.
 
+With ``mesher="batched"`` the batch does share one forward pass: the meshes of all its requests with the
+same model and resolution come from one ``att3d.fast_inference.FastMesher`` call (one batched field query,
+one stacked marching cubes). Results then equal the unbatched ones only up to float rounding (vertex
+positions within ~1e-5), which is the price of the GPU throughput; the default ``reference`` keeps bytes.
+
 Failures stay with their request: an exception (CUDA out of memory included) fails that request's future,
 memory is released, and the worker goes on with the next request.
 """
@@ -41,6 +46,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -433,16 +439,53 @@ class Engine:
                     for prompt in task.spec.prompts:
                         generator.embed([prompt])
             embed_seconds[task.key] = time.perf_counter() - embed_started
-        for task in live:
-            self._generate_one(task, embed_seconds.get(task.key, 0.0))
+        if self.settings.mesher == "batched":
+            self._mesh_batched(live, embed_seconds)
+        else:
+            for task in live:
+                self._run_task(task, partial(self._render, task.spec), embed_seconds[task.key])
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
 
-    def _generate_one(self, task: _Task, embed_s: float = 0.0) -> None:
-        """Render one task; its reported time includes ``embed_s`` spent embedding its prompts."""
-        started = time.perf_counter() - embed_s
+    def _mesh_batched(self, tasks: list[_Task], embed_seconds: dict[str, float]) -> None:
+        """``mesher="batched"``: one ``FastMesher`` pass per group of tasks with the same model and grid.
+
+        If a group's batched pass fails (out of memory, a bad field), each of its tasks is meshed alone
+        by the same path, so that only the request that fails reports an error.
+        """
+        groups: dict[tuple[str, int], list[_Task]] = {}
+        for task in tasks:
+            generator = self._generators.get(task.spec.model)
+            if generator is None or task.spec.texture != "vertex":  # UV: unwrap and bake on the host anyway
+                self._run_task(task, partial(self._render, task.spec), embed_seconds[task.key])
+            else:
+                groups.setdefault((task.spec.model, task.spec.resolution), []).append(task)
+        for (model, resolution), group in groups.items():
+            generator = self._generators[model]
+            started = time.perf_counter()
+            try:
+                meshes = _fast_meshes(generator, group, resolution)
+            except Exception as err:
+                logger.warning(
+                    "batched meshing of %d requests failed (%s); meshing each alone", len(group), err
+                )
+                del err
+                _free_memory()
+                for task in group:
+                    render = partial(_encode_fast, generator, task, resolution)
+                    self._run_task(task, render, embed_seconds[task.key])
+                continue
+            share = (time.perf_counter() - started) / len(group)
+            for task, task_meshes in zip(group, meshes, strict=True):
+                render = partial(_encode, task.spec, task_meshes)
+                self._run_task(task, render, embed_seconds[task.key] + share)
+
+    def _run_task(self, task: _Task, render: Callable[[], tuple[bytes, str]], spent_s: float = 0.0) -> None:
+        """Finish ``task`` with ``render()``'s body or its error; ``spent_s`` (embedding, a share of a
+        batched pass) counts towards the reported generation time."""
+        started = time.perf_counter() - spent_s
         try:
-            body, media_type = self._render(task.spec)
+            body, media_type = render()
         except Exception as err:
             error = _classify(err)
             del err  # the traceback pins the frames' tensors; drop it before freeing memory
@@ -466,15 +509,14 @@ class Engine:
         self._finish(task, result=result)
 
     def _render(self, spec: MeshSpec) -> tuple[bytes, str]:
+        """The reference path: ``Generator.mesh`` per mesh, exactly as the CLI does."""
         generator = self._generators.get(spec.model)
         if generator is None:
             raise GenerationError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
         config = dataclasses.replace(generator.config.mesh, resolution=spec.resolution, texture=spec.texture)
         with torch.no_grad():
-            if not spec.frames:
-                embedding = generator.blend(list(spec.prompts), list(spec.walk[0]))
-                return mesh_to_bytes(generator.mesh(embedding, config), spec.format), MEDIA_TYPES[spec.format]
-            return _frames_zip(generator, spec, config), ZIP_MEDIA_TYPE
+            meshes = [generator.mesh(generator.blend(list(spec.prompts), list(w)), config) for w in spec.walk]
+        return _encode(spec, meshes)
 
     def _finish(
         self, task: _Task, result: GenerationResult | None = None, error: Exception | None = None
@@ -498,18 +540,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _frames_zip(generator: Generator, spec: MeshSpec, config: Any) -> bytes:
-    """A zip of ``frame_000.<ext>`` ... plus ``frames.json`` with the weights of each frame.
+def _encode(spec: MeshSpec, meshes: list[Any]) -> tuple[bytes, str]:
+    """Response body and media type for the meshes of ``spec`` (one per ``walk`` entry).
 
-    An OBJ frame is itself several files, so it goes into a folder ``frame_000/`` instead.
+    A frames request becomes a zip of ``frame_000.<ext>`` ... plus ``frames.json`` with each frame's
+    weights; an OBJ frame is itself several files, so it goes into a folder ``frame_000/`` instead.
+    An entry that is an exception (a frame with no surface) is raised.
     """
+    for mesh in meshes:
+        if isinstance(mesh, Exception):
+            raise mesh
+    if not spec.frames:
+        return mesh_to_bytes(meshes[0], spec.format), MEDIA_TYPES[spec.format]
     buffer = io.BytesIO()
     index = []
     # Level 1: mesh floats barely compress, so a higher level costs time for nothing.
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for i, weights in enumerate(spec.walk):
-            embedding = generator.blend(list(spec.prompts), list(weights))
-            data = mesh_to_bytes(generator.mesh(embedding, config), spec.format)
+        for i, (weights, mesh) in enumerate(zip(spec.walk, meshes, strict=True)):
+            data = mesh_to_bytes(mesh, spec.format)
             stem = f"frame_{i:03d}"
             if spec.format == "obj":
                 with zipfile.ZipFile(io.BytesIO(data)) as inner:
@@ -521,7 +569,32 @@ def _frames_zip(generator: Generator, spec: MeshSpec, config: Any) -> bytes:
                 index.append({"path": f"{stem}.{spec.format}", "weights": list(weights)})
         manifest = {"prompts": list(spec.prompts), "format": spec.format, "frames": index}
         archive.writestr("frames.json", json.dumps(manifest, indent=2) + "\n")
-    return buffer.getvalue()
+    return buffer.getvalue(), ZIP_MEDIA_TYPE
+
+
+def _fast_meshes(generator: Generator, tasks: list[_Task], resolution: int) -> list[list[Any]]:
+    """Every mesh of ``tasks`` from one ``att3d.fast_inference.FastMesher`` pass: per task, its meshes
+    (or the ``NoSurfaceError`` of a frame without surface)."""
+    from att3d.fast_inference import FastMesher  # only the batched mesher needs it
+
+    config = dataclasses.replace(generator.config.mesh, resolution=resolution, texture="vertex")
+    embeddings, owner = [], []
+    with torch.no_grad():
+        for i, task in enumerate(tasks):
+            for weights in task.spec.walk:
+                embeddings.append(generator.blend(list(task.spec.prompts), list(weights)))
+                owner.append(i)
+        mesher = FastMesher(generator.field, config, device=generator.device)
+        meshes = mesher.meshes(torch.stack(embeddings), return_exceptions=True)
+    per_task: list[list[Any]] = [[] for _ in tasks]
+    for i, mesh in zip(owner, meshes, strict=True):
+        per_task[i].append(mesh)
+    return per_task
+
+
+def _encode_fast(generator: Generator, task: _Task, resolution: int) -> tuple[bytes, str]:
+    """One task through the batched mesher on its own (the fallback after a failed group)."""
+    return _encode(task.spec, _fast_meshes(generator, [task], resolution)[0])
 
 
 def _classify(err: Exception) -> GenerationError:

@@ -54,6 +54,10 @@ class ServerSettings:
     """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``."""
     device: str = "cpu"
     """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    mesher: str = "reference"
+    """``reference``: each mesh by ``Generator.mesh`` (byte-identical whether batched or not);
+    ``batched``: one ``att3d.fast_inference.FastMesher`` pass per micro-batch (one field query and one
+    marching cubes for the batch; equal to unbatched up to float rounding)."""
 
     data_dir: Path = Path("att3d-data")
     """Folder for the jobs database (``jobs.sqlite``) and the training runs of jobs (``runs/<id>``)."""
@@ -89,6 +93,8 @@ class ServerSettings:
             problems.append(
                 f"readiness_queue_fraction must be in (0, 1], got {self.readiness_queue_fraction}"
             )
+        if self.mesher not in ("reference", "batched"):
+            problems.append(f"mesher must be 'reference' or 'batched', got {self.mesher!r}")
         if ":" not in self.job_runner:
             problems.append(f"job_runner must look like 'module:function', got {self.job_runner!r}")
         if problems:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -262,3 +263,100 @@ def test_result_cache_is_an_lru_bounded_in_bytes():
     cache.put("a", result(10))  # replacing an entry accounts for the old size
     assert cache.bytes == 50
     assert ResultCache(0).get("a") is None
+
+
+# ---- mesher="batched": one FastMesher pass per micro-batch ---------------------------------------------
+
+
+class MesherCalls:
+    """Records the batch size of every ``FastMesher.meshes`` call; optionally fails some of them."""
+
+    def __init__(self, monkeypatch, fail=None) -> None:
+        from att3d.fast_inference import FastMesher
+
+        self.sizes: list[int] = []
+        original = FastMesher.meshes
+        calls = self
+
+        def meshes(mesher, embeddings, return_exceptions=False):
+            calls.sizes.append(len(embeddings))
+            if fail is not None:
+                fail(embeddings)
+            return original(mesher, embeddings, return_exceptions)
+
+        monkeypatch.setattr(FastMesher, "meshes", meshes)
+
+
+def test_batched_mesher_meshes_a_batch_in_one_pass(env, monkeypatch):
+    import io
+
+    import numpy as np
+    import trimesh
+
+    calls = MesherCalls(monkeypatch)
+    generator = tiny_generator()
+    gate = Gate(generator)
+    engine = _engine(env, generator, mesher="batched", max_batch_size=8, max_wait_ms=50)
+    try:
+        held = engine.submit(_spec("warm"))
+        assert gate.entered.wait(10)
+        futures = [engine.submit(_spec(p)) for p in PROMPTS]
+        gate.release.set()
+        together = [f.result(60).body for f in futures]
+        held.result(60)
+    finally:
+        engine.stop()
+    assert calls.sizes == [1, 4]  # the held request alone, then the four in one pass
+
+    alone = _engine(env, tiny_generator(), mesher="batched", max_batch_size=1)
+    try:
+        one_by_one = [alone.submit(_spec(p)).result(60).body for p in PROMPTS]
+        # A walk's frames go through the batched mesher together too.
+        walk = MeshSpec(
+            "default", tuple(PROMPTS[:2]), ((1.0, 0.0), (0.5, 0.5), (0.0, 1.0)), True, RES, "vertex", "glb"
+        )
+        frames = alone.submit(walk).result(60)
+    finally:
+        alone.stop()
+    assert calls.sizes[-1] == 3 and frames.media_type == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(frames.body)) as archive:
+        assert_valid_glb(archive.read("frame_001.glb"))
+    for a, b in zip(together, one_by_one, strict=True):
+        assert_valid_glb(a)
+        mesh_a = trimesh.load(io.BytesIO(a), file_type="glb", force="mesh")
+        mesh_b = trimesh.load(io.BytesIO(b), file_type="glb", force="mesh")
+        # Same surface; only float rounding of the batched products may differ.
+        assert mesh_a.faces.shape == mesh_b.faces.shape
+        np.testing.assert_allclose(mesh_a.vertices, mesh_b.vertices, atol=1e-4)
+
+
+def test_batched_mesher_failure_fails_only_its_request(env, monkeypatch):
+    generator = tiny_generator()
+    bad = generator.embed(["oom"])[0]
+
+    def fail(embeddings):
+        if len(embeddings) > 1 or torch.equal(embeddings[0].cpu(), bad.cpu()):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+
+    calls = MesherCalls(monkeypatch, fail)
+    gate = Gate(generator)
+    settings = settings_for(env, mesher="batched", max_batch_size=8, max_wait_ms=100, warmup=False)
+    with started_client(settings, {"default": generator}) as client, ThreadPoolExecutor(4) as pool:
+        post = client.post
+        held = pool.submit(post, "/v1/generate", json={"prompt": "hold", "resolution": RES})
+        assert gate.entered.wait(10)
+        futures = {
+            p: pool.submit(post, "/v1/generate", json={"prompt": p, "resolution": RES})
+            for p in ("oom", "fine one", "fine two")
+        }
+        engine = client.app.state.engine
+        for _ in range(300):
+            if engine.queue_depth() == 3:
+                break
+            threading.Event().wait(0.01)
+        gate.release.set()
+        assert held.result(60).status_code == 200
+        status = {p: f.result(60).status_code for p, f in futures.items()}
+        assert status == {"oom": 503, "fine one": 200, "fine two": 200}
+        # The group of three failed as a whole, then each was meshed alone.
+        assert calls.sizes[-4:] == [3, 1, 1, 1]
