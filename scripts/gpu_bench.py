@@ -704,6 +704,10 @@ def section_shapes_training(ctx: Context) -> list[Row]:
     ]
 
 
+def _kind(ctx: Context) -> str:
+    return "full-size" if ctx.sizes.sd_unet is SD21_UNET else "tiny stand-in (quick)"
+
+
 def _build(cls, config: dict, device: torch.device, dtype: torch.dtype):
     """A diffusers model from its config, initialized directly on ``device`` (fast on a GPU)."""
     with torch.device(device):
@@ -736,7 +740,7 @@ def section_stable_diffusion(ctx: Context) -> list[Row]:
             setting,
             times,
             memory,
-            f"random full-size UNet + VAE, {params / 1e6:.0f} M params; VAE encode with grad, UNet with CFG",
+            f"random {_kind(ctx)} UNet + VAE, {params / 1e6:.1f} M params; VAE encode (grad), UNet with CFG",
         )
     )
     if ctx.sizes.training_rows:
@@ -770,7 +774,7 @@ def section_deepfloyd(ctx: Context) -> list[Row]:
             setting,
             times,
             memory,
-            f"random full-size UNet ({params / 1e9:.2f} B params); UNet with CFG",
+            f"random {_kind(ctx)} UNet, {params / 1e6:.1f} M params; UNet with CFG",
         )
     ]
     if ctx.sizes.training_rows:
