@@ -785,11 +785,45 @@ def section_deepfloyd(ctx: Context) -> list[Row]:
     return rows
 
 
-# name, function, seconds it needs at least (GPU run), whether --quick runs it
+def section_grid_backends(ctx: Context) -> list[Row]:
+    """tiny-cuda-nn vs the PyTorch grid in FastMesher (only where tinycudann is usable)."""
+    from att3d.backends import tcnn_status
+    from att3d.config import MeshConfig
+    from att3d.fast_inference import FastInferenceOptions, FastMesher
+
+    reason = tcnn_status()
+    if reason is not None:
+        return [Row("grid backend", "tcnn vs torch", notes=f"not measured: {reason}")]
+    encoding = ctx.field.config.encoding
+    config = MeshConfig(resolution=ctx.sizes.resolutions[0], coarse_resolution=ctx.sizes.coarse_resolution)
+    rows, faces = [], {}
+    original = encoding.backend
+    try:
+        for backend in ("torch", "tcnn"):
+            encoding.backend = backend  # build_query reads it on every call
+            mesher = FastMesher(ctx.field, config, FastInferenceOptions(), ctx.device)
+            mesher.meshes(ctx.embeddings[:1])
+            times = [
+                timed(lambda i=i, m=mesher: m.meshes(ctx.embeddings[i : i + 1]), ctx.device)
+                for i in range(10)
+            ]
+            faces[backend] = len(mesher.meshes(ctx.embeddings[:1])[0].faces)
+            p50, p95 = percentiles(times)
+            rows.append(Row("grid backend", f"{backend}, {config.resolution}³, batch 1", ms(p50), ms(p95)))
+    finally:
+        encoding.backend = original
+    rows[
+        -1
+    ].notes = f"faces torch {faces['torch']} vs tcnn {faces['tcnn']} (same prompt); meshing only, no GLB"
+    return rows
+
+
+# name, function, seconds of budget it needs at least (checked on full runs only)
 SECTIONS: list[tuple[str, Callable[[Context], list[Row]], float]] = [
     ("environment", section_environment, 0),
     ("prompt → GLB", section_glb_latency, 60),
     ("reference path", section_reference, 20),
+    ("grid backends", section_grid_backends, 15),
     ("precision", section_precision, 15),
     ("marching cubes", section_marching_cubes, 15),
     ("ShapesWorld training", section_shapes_training, 20),

@@ -41,6 +41,7 @@ def test_quick_mode_runs_every_section(bench, tmp_path):
         "environment",
         "prompt → GLB",
         "prompt → GLB, reference",
+        "grid backend",
         "precision",
         "marching cubes",
         "training step, ShapesWorld",
