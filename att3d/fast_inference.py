@@ -17,8 +17,9 @@
    does, are stacked along x into one grid (the empty layers keep them apart) and meshed with
    :func:`att3d.marching_cubes.marching_cubes`; vertex albedo (one query) and vertex normals are computed
    on the device;
-5. **host**: the meshes are split per prompt, floaters dropped (``min_component_fraction``, the same rule
-   as ``extract_mesh``) and wrapped as coloured ``trimesh.Trimesh`` objects.
+5. floaters are dropped on the device (``min_component_fraction``, the same rule as ``extract_mesh``,
+   with a union-find over the vertex graph); on the **host** the meshes are split per prompt and wrapped
+   as coloured ``trimesh.Trimesh`` objects.
 
 With ``dtype="float32"`` and ``block=1`` the surfaces equal those of ``extract_mesh`` with
 ``marching_cubes="torch"`` (tested); with ``block=4`` they are equal on smooth fields. Reduced precision
@@ -38,8 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from att3d.config import MeshConfig
@@ -523,6 +522,13 @@ class FastMesher:
         vertices, owner, faces = vertices[order], owner[order], rank[faces]
         faces = faces[torch.argsort(owner[faces[:, 0]], stable=True)]
 
+        # Floaters out (extract_mesh's rule), then drop the vertices no face uses any more.
+        faces = faces[keep_large_components(faces, owner, len(group), self.config.min_component_fraction)]
+        used = torch.zeros(len(vertices), dtype=torch.bool, device=self.device)
+        used[faces.reshape(-1)] = True
+        faces = (torch.cumsum(used, 0) - 1)[faces]
+        vertices, owner = vertices[used], owner[used]
+
         lo = torch.as_tensor(np.stack([grids[p].lo for p in group]), dtype=torch.float32, device=self.device)
         voxel = torch.tensor([grids[p].voxel for p in group], dtype=torch.float32, device=self.device)
         offset = torch.stack([starts_t[:-1] + 1, torch.ones_like(voxel), torch.ones_like(voxel)], dim=-1)
@@ -551,22 +557,17 @@ class FastMesher:
         )
 
     def _split(self, surface: _Surface) -> list[trimesh.Trimesh]:
-        """Per-prompt meshes without the small components."""
-        keep = _component_mask(surface.faces, len(surface.vertices), surface.face_counts, self.config)
+        """Per-prompt meshes (vertices and faces are sorted by prompt)."""
         meshes = []
         v0 = f0 = 0
         for nv, nf in zip(surface.vertex_counts, surface.face_counts, strict=True):
-            faces = surface.faces[f0 : f0 + nf][keep[f0 : f0 + nf]] - v0
-            used = np.zeros(nv, dtype=bool)
-            used[faces.reshape(-1)] = True
-            remap = np.cumsum(used) - 1
             sl = slice(v0, v0 + nv)
             meshes.append(
                 trimesh.Trimesh(
-                    vertices=surface.vertices[sl][used],
-                    faces=remap[faces],
-                    vertex_normals=surface.normals[sl][used],
-                    vertex_colors=surface.colors[sl][used],
+                    vertices=surface.vertices[sl],
+                    faces=surface.faces[f0 : f0 + nf] - v0,
+                    vertex_normals=surface.normals[sl],
+                    vertex_colors=surface.colors[sl],
                     process=False,
                 )
             )
@@ -586,19 +587,41 @@ def _vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     return torch.where(length > 0, normals / length.clamp_min(1e-30), fallback)
 
 
-def _component_mask(
-    faces: np.ndarray, num_vertices: int, face_counts: Sequence[int], config: MeshConfig
-) -> np.ndarray:
-    """Faces to keep: each prompt's components with at least ``min_component_fraction`` of the faces of
-    its largest component (``extract_mesh``'s rule; components never span prompts)."""
+def component_labels(faces: Tensor, num_vertices: int) -> Tensor:
+    """Connected components of a mesh's vertex graph on the device: each vertex's smallest connected id.
+
+    Union-find by rounds: every edge hooks the larger of its two roots under the smaller one
+    (``scatter_reduce`` with ``amin``), then pointer jumping flattens the trees; parents only ever
+    decrease, so the forest stays acyclic, and it ends when no edge joins two roots (a few rounds, each a
+    handful of kernels and one host sync).
+    """
+    parent = torch.arange(num_vertices, device=faces.device)
     if len(faces) == 0:
-        return np.zeros(0, dtype=bool)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), (num_vertices,) * 2)
-    _, labels = connected_components(graph, directed=False)
-    face_labels = labels[faces[:, 0]]
-    sizes = np.bincount(face_labels)
-    prompt = np.repeat(np.arange(len(face_counts)), face_counts)
-    largest = np.zeros(len(face_counts))
-    np.maximum.at(largest, prompt, sizes[face_labels])
-    return sizes[face_labels] >= config.min_component_fraction * largest[prompt]
+        return parent
+    a = torch.cat([faces[:, 0], faces[:, 1]])
+    b = torch.cat([faces[:, 1], faces[:, 2]])
+    while True:
+        root_a, root_b = parent[a], parent[b]
+        if bool((root_a == root_b).all()):
+            return parent
+        parent = parent.scatter_reduce(
+            0, torch.maximum(root_a, root_b), torch.minimum(root_a, root_b), reduce="amin"
+        )
+        while True:
+            jumped = parent[parent]
+            if torch.equal(jumped, parent):
+                break
+            parent = jumped
+
+
+def keep_large_components(faces: Tensor, owner: Tensor, prompts: int, min_fraction: float) -> Tensor:
+    """Faces ``[F]`` to keep: those of components with at least ``min_fraction`` of the faces of their
+    prompt's largest component (``extract_mesh``'s floater rule). ``owner [V]``: each vertex's prompt."""
+    if len(faces) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=faces.device)
+    labels = component_labels(faces, len(owner))[faces[:, 0]]
+    size = torch.bincount(labels, minlength=len(owner))[labels]
+    prompt = owner[faces[:, 0]]
+    largest = torch.zeros(prompts, dtype=size.dtype, device=faces.device)
+    largest = largest.scatter_reduce(0, prompt, size, reduce="amax")
+    return size >= min_fraction * largest[prompt]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -190,3 +191,26 @@ def test_auto_dtype():
     options = FastInferenceOptions()
     assert options.resolved_dtype(torch.device("cpu")) == torch.float32
     assert options.resolved_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_component_labels_match_scipy():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from att3d.fast_inference import component_labels
+
+    generator = torch.Generator().manual_seed(0)
+    vertices = 400
+    # Random triangles inside 6 disjoint vertex ranges (plus untouched vertices): several components each.
+    bounds = torch.linspace(0, vertices - 20, 7).long().tolist()
+    faces = torch.cat(
+        [torch.randint(lo, hi, (40, 3), generator=generator) for lo, hi in itertools.pairwise(bounds)]
+    )
+    labels = component_labels(faces, vertices).numpy()
+    edges = torch.cat([faces[:, :2], faces[:, 1:]]).numpy()
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(vertices, vertices))
+    _, reference = connected_components(graph, directed=False)
+    # Our label is the smallest vertex id of the component.
+    smallest = {c: np.flatnonzero(reference == c).min() for c in np.unique(reference)}
+    np.testing.assert_array_equal(labels, [smallest[c] for c in reference])
+    assert len(np.unique(labels)) > 7
