@@ -32,6 +32,7 @@ memory is released, and the worker goes on with the next request.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import hashlib
@@ -383,9 +384,12 @@ class Engine:
         started = time.perf_counter()
         # The warm-up prompt's embedding may come from the on-disk cache, which would leave the text
         # encoder unloaded until the first new prompt: load it now (a CachedEncoder wraps the model).
+        # A forward pass of the bare model (bypassing the cache) also allocates its activation buffers now
+        # rather than on the first new prompt.
         text_model = getattr(generator.encoder, "encoder", generator.encoder)
         if callable(getattr(text_model, "load", None)):
             text_model.load()
+        text_model.encode([WARMUP_PROMPT])
         with contextlib.suppress(NoSurfaceError), torch.no_grad():
             mesh_to_bytes(generator.generate(WARMUP_PROMPT, config), "glb")
         logger.info("warmed up model %s in %.2f s", generator.name, time.perf_counter() - started)
@@ -446,6 +450,7 @@ class Engine:
                 self._run_task(task, partial(self._render, task.spec), embed_seconds[task.key])
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        _release_freed_memory()
 
     def _mesh_batched(self, tasks: list[_Task], embed_seconds: dict[str, float]) -> None:
         """``mesher="batched"``: one ``FastMesher`` pass per group of tasks with the same model and grid.
@@ -618,6 +623,27 @@ def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc only).
+
+    A request frees hundreds of MiB of grids and meshes; glibc keeps much of it in its arenas, so without
+    this the process's RSS ratchets up to the largest request's peak and stays there. It walks the heap
+    once: cheap next to a mesh (0.1 ms measured on a fresh process).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _free_memory() -> None:
