@@ -45,7 +45,14 @@ from att3d.config import MeshConfig
 from att3d.encoding import interpolation_plan, resolve_backend
 from att3d.field import AmortizedField
 from att3d.marching_cubes import marching_cubes
-from att3d.mesh import NoSurfaceError, _check_config, _fine_grid, _no_surface, _occupied_box, extract_mesh
+from att3d.mesh import (
+    NoSurfaceError,
+    check_mesh_config,
+    extract_mesh,
+    fine_grid,
+    no_surface_error,
+    occupied_box,
+)
 
 BatchQuery = Callable[[Tensor, Sequence[int]], tuple[Tensor, Tensor]]
 """``query(points [N, 3], counts)`` → density ``[N]`` (float32), albedo ``[N, 3]``; the points are
@@ -352,7 +359,7 @@ class FastMesher:
         options: FastInferenceOptions | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        _check_config(config, field.config.bound)
+        check_mesh_config(config, field.config.bound)
         self.options = options or FastInferenceOptions()
         self.options.check()
         self.field = field.eval()
@@ -419,10 +426,10 @@ class FastMesher:
         for p in range(prompts):
             if not occupied[p].any():
                 where = f"coarse {n}^3 grid over the scene box"
-                results[p] = _no_surface(coarse[p].cpu().numpy(), self.config.density_threshold, where)
+                results[p] = no_surface_error(coarse[p].cpu().numpy(), self.config.density_threshold, where)
                 grids.append(None)
                 continue
-            shape, lo, voxel = _fine_grid(*_occupied_box(occupied[p], box_lo, box_hi), self.config.resolution)
+            shape, lo, voxel = fine_grid(*occupied_box(occupied[p], box_lo, box_hi), self.config.resolution)
             corners = [_block_corners(s, self.options.block, self.device) for s in shape]
             grids.append(_FineGrid(shape, lo, voxel, corners))
         return grids
@@ -478,7 +485,7 @@ class FastMesher:
             if not bool((state.volume > level).any()):
                 shape = "x".join(map(str, grids[p].shape))
                 where = f"fine {shape} grid inside the occupied box"
-                results[p] = _no_surface(state.volume.cpu().numpy(), level, where)
+                results[p] = no_surface_error(state.volume.cpu().numpy(), level, where)
             else:
                 volumes[p] = state.volume
         return volumes

@@ -156,20 +156,24 @@ def extract_mesh(
     or textured (UV + baked PNG) per ``config.texture``. Raises :class:`NoSurfaceError` when no grid
     sample exceeds the threshold. Objects thinner than a coarse cell can be missed by the coarse pass.
     """
-    _check_config(config, bound)
+    check_mesh_config(config, bound)
     threshold = config.density_threshold
     box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
 
     coarse = query_grid(fn, box_lo, box_hi, config.coarse_resolution, config.chunk_points, device)
     occupied = coarse > threshold
     if not occupied.any():
-        raise _no_surface(coarse, threshold, f"coarse {config.coarse_resolution}^3 grid over the scene box")
-    lo, hi = _occupied_box(occupied, box_lo, box_hi)
+        raise no_surface_error(
+            coarse, threshold, f"coarse {config.coarse_resolution}^3 grid over the scene box"
+        )
+    lo, hi = occupied_box(occupied, box_lo, box_hi)
 
-    shape, lo, voxel = _fine_grid(lo, hi, config.resolution)
+    shape, lo, voxel = fine_grid(lo, hi, config.resolution)
     fine = query_grid(fn, lo, lo + (np.array(shape) - 1) * voxel, shape, config.chunk_points, device)
     if not (fine > threshold).any():
-        raise _no_surface(fine, threshold, f"fine {'x'.join(map(str, shape))} grid inside the occupied box")
+        raise no_surface_error(
+            fine, threshold, f"fine {'x'.join(map(str, shape))} grid inside the occupied box"
+        )
 
     # One layer of empty space (density 0 < threshold) around the grid closes surfaces cut by its sides.
     padded = np.pad(fine, 1, mode="constant", constant_values=0.0)
@@ -186,7 +190,7 @@ def extract_mesh(
     return mesh
 
 
-def _check_config(config: MeshConfig, bound: float) -> None:
+def check_mesh_config(config: MeshConfig, bound: float) -> None:
     problems = []
     if config.resolution < 2:
         problems.append(f"mesh.resolution must be >= 2, got {config.resolution}")
@@ -211,14 +215,14 @@ def _check_config(config: MeshConfig, bound: float) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _no_surface(density: np.ndarray, threshold: float, where: str) -> NoSurfaceError:
+def no_surface_error(density: np.ndarray, threshold: float, where: str) -> NoSurfaceError:
     return NoSurfaceError(
         f"no surface found: max density {float(density.max()):.4g} on the {where} does not exceed "
         f"the threshold {threshold:.4g} (mesh.density_threshold)"
     )
 
 
-def _occupied_box(occupied: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray) -> tuple[np.ndarray, ...]:
+def occupied_box(occupied: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """World-space bounding box of occupied coarse samples, padded and clipped to the scene box."""
     step = (box_hi - box_lo) / (np.array(occupied.shape) - 1)
     index = np.argwhere(occupied)
@@ -227,7 +231,7 @@ def _occupied_box(occupied: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray) 
     return np.maximum(lo, box_lo), np.minimum(hi, box_hi)
 
 
-def _fine_grid(
+def fine_grid(
     lo: np.ndarray, hi: np.ndarray, resolution: int
 ) -> tuple[tuple[int, int, int], np.ndarray, float]:
     """Grid with ``resolution`` samples along the longest side and the same voxel size on the others.

@@ -195,7 +195,7 @@ def test_fine_pass_samples_only_the_padded_occupied_box_with_isotropic_voxels():
 
 
 def test_fine_grid_is_isotropic_inside_the_occupied_box():
-    shape, lo, voxel = mesh_module._fine_grid(np.array([-0.5, -0.2, 0.0]), np.array([0.5, 0.2, 0.1]), 11)
+    shape, lo, voxel = mesh_module.fine_grid(np.array([-0.5, -0.2, 0.0]), np.array([0.5, 0.2, 0.1]), 11)
     assert shape == (11, 5, 2)
     assert voxel == pytest.approx(0.1)
     np.testing.assert_allclose(lo, [-0.5, -0.2, 0.0], atol=1e-12)
