@@ -306,6 +306,11 @@ def _bake_albedo(
     every mip level (filtering never mixes in a background colour).
     """
     size = config.texture_size
+    if torch.device(device).type == "cuda":
+        from att3d.backends import bake_uv_texture, nvdiffrast_status
+
+        if nvdiffrast_status() is None:  # nvdiffrast rasterizes in UV space on the GPU, same conventions
+            return bake_uv_texture(vertices, faces, uv, lambda p: _call(fn, p)[1], size, device)
     pixels = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=-1)
     texel, face, bary = _rasterize(pixels[faces], size)
     points = np.einsum("nk,nkd->nd", bary, vertices[faces[face]])
