@@ -224,7 +224,8 @@ def test_register_and_unknown_encoder(tmp_path, monkeypatch):
     assert (tmp_path / "fake_encoder_v1").is_dir()
     with pytest.raises(ValueError, match="already registered"):
         register_text_encoder("fake", FakeEncoder)
-    with pytest.raises(ValueError, match=r"unknown text encoder 'clip' \(known: fake, minilm\)"):
+    # Other test modules may register their own fakes, so check the names this test knows about.
+    with pytest.raises(ValueError, match=r"unknown text encoder 'clip' \(known: .*\bfake\b.*\bminilm\b"):
         get_text_encoder("clip")
 
 
