@@ -30,8 +30,7 @@ browser-setup: tools/browser/node_modules/.package-lock.json
 setup: $(BIN)/att3d
 
 run: setup
-	mkdir -p out
-	$(BIN)/att3d generate "a red cube" -o out/a_red_cube.glb
+	$(BIN)/att3d serve --host 127.0.0.1 --port 8000
 
 lint: setup
 	$(BIN)/ruff check .

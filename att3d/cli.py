@@ -196,6 +196,10 @@ def _mount_subcommands() -> None:
         from att3d.train_cli import train
 
         app.command(name="train")(train)
+    if importlib.util.find_spec("att3d.serve_cli") is not None:
+        from att3d.serve_cli import serve
+
+        app.command(name="serve")(serve)
     if importlib.util.find_spec("att3d.shapes.evaluate") is not None:
         from att3d.shapes.evaluate import eval_command
 
