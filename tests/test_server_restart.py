@@ -19,8 +19,8 @@ from server_fakes import STEP_SECONDS_ENV, TESTS_DIR, tiny_config_overrides, tin
 
 from server.jobs import JobStore
 
-# Registers the test text encoder, then runs the real `att3d serve` command.
-LAUNCHER = "import server_fakes, typer; from att3d.serve_cli import serve; typer.run(serve)"
+# Registers the test text encoder, then runs the real `att3d` command line (`att3d serve ...`).
+LAUNCHER = "import server_fakes; from att3d.cli import main; main()"
 
 
 def _free_port() -> int:
@@ -43,7 +43,8 @@ class Server:
             "ATT3D_WARMUP": "false",
             STEP_SECONDS_ENV: "0.1",
         }
-        command = [sys.executable, "-c", LAUNCHER, "--checkpoint", str(checkpoint), "--port", str(self.port)]
+        command = [sys.executable, "-c", LAUNCHER, "serve", "--checkpoint", str(checkpoint)]
+        command += ["--port", str(self.port)]
         command += ["--data-dir", str(tmp / "data"), "--log-level", "warning"]
         self.log = open(tmp / f"server-{self.port}.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
