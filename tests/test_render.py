@@ -44,6 +44,7 @@ def test_opacity_and_depth_of_a_sphere() -> None:
 def test_silhouette_area_matches_projected_disc() -> None:
     cams = make_cameras([0.0], [0.0], 3.0, fovy=40.0)
     config = RenderConfig(image_size=64, samples_per_ray=128)
+
     def hard_sphere(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         density = torch.where(points.norm(dim=-1) < RADIUS, 1e4, 0.0)
         return density, torch.ones(*points.shape[:-1], 3)
