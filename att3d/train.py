@@ -709,8 +709,8 @@ def load_training_checkpoint(run: TrainRun, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(temp_path)``, fsync, then rename over ``path``."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write(temp_path)`` in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -719,6 +719,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -757,7 +758,7 @@ def render_preview(run: TrainRun) -> np.ndarray:
 def save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    _atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 class Reporter:
@@ -988,7 +989,7 @@ def _train(
         logger.info("no checkpoint in %s; starting from scratch", out_dir)
     wrap_ddp(run)
     if info.is_main:
-        _atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(config))))
+        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(to_dict(config))))
     if evaluator is None and config.eval_every > 0 and info.is_main:
         evaluator = default_evaluator(run)
 

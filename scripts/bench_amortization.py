@@ -47,10 +47,9 @@ import platform
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ import torch  # noqa: E402
 
 from att3d.config import ConfigError, TrainConfig, load_config, to_dict  # noqa: E402
 from att3d.shapes.evaluate import EvalCase, EvalSettings, mean_scores, write_json_atomic  # noqa: E402
-from att3d.train import TrainingError  # noqa: E402
+from att3d.train import TrainingError, atomic_write  # noqa: E402
 
 if TYPE_CHECKING:
     from att3d.priors.base import DiffusionPrior
@@ -592,23 +591,6 @@ def new_object_summary(
 # --------------------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temp_path)`` in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 LABELS = {
