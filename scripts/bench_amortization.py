@@ -26,6 +26,15 @@ amortized held-out quality.
 Resumable: finished segments and evaluations are skipped; rerun the same command to continue. The
 settings are stored in ``--out/settings.json`` and a rerun with different ones is refused.
 
+**Reusing an amortized run** (``--amortized-run DIR --amortized-steps 100,200,...``): the amortized curve
+is scored from the checkpoints of an existing ``att3d train`` run on the whole ShapesWorld train split (e.g.
+the shipped model's run) instead of being trained again, and the per-prompt runs cover an evenly spread
+subset of ``--prompts K`` of its prompts. Per-prompt runs are independent, so their compute for all ``N``
+prompts is estimated as ``N/K`` times that of the ``K`` runs; quality is compared on the same ``K`` prompts
+(the amortized run is also scored on all ``N``). The reused run's wall time is its step count times a step
+time measured here (a short run of its config on this machine), since its own training may have shared the
+machine.
+
 GPU (see docs/BENCHMARKS.md)::
 
     python scripts/bench_amortization.py --device cuda --out runs/bench_amortization
@@ -81,6 +90,8 @@ NEW_OBJECT_REPEATS = 3
 """Timed ``Generator.generate`` calls per held-out prompt (after one warm-up)."""
 NEW_OBJECT_PROMPTS = 3
 """Held-out prompts timed for the new-object latency."""
+STEP_TIMING_WARMUP, STEP_TIMING_STEPS = 5, 20
+"""Reused amortized run: steps of its config run (and discarded) before the timed ones, and timed steps."""
 
 QUICK_MODEL = [
     "model.field.num_bases=4",
@@ -134,6 +145,10 @@ class BenchSettings:
     """YAML of the per-prompt runs."""
     eval_settings: dict[str, int]
     """``att3d.shapes.evaluate.EvalSettings`` fields."""
+    amortized_run: str | None = None
+    """An existing amortized run folder scored instead of training one (``None``: train it here)."""
+    amortized_steps: list[int] | None = None
+    """Checkpoint steps of ``amortized_run`` to score (its budgets)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path, float | None, bool]:
@@ -169,6 +184,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path, float |
     parser.add_argument(
         "--replot", action="store_true", help="Only redraw the PNG from --out/results.json (no training)."
     )
+    parser.add_argument(
+        "--amortized-run",
+        type=Path,
+        help="Score this existing att3d train run (ShapesWorld train split) instead of training one.",
+    )
+    parser.add_argument(
+        "--amortized-steps",
+        help="With --amortized-run: comma-separated checkpoint steps to score, e.g. 100,200,400,800.",
+    )
     args = parser.parse_args(argv)
 
     quick = QUICK_DEFAULTS if args.quick else {}
@@ -187,6 +211,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path, float |
     for path in (args.amortized_config, args.per_prompt_config):
         if not path.is_file():
             parser.error(f"config file not found: {path}")
+    amortized_steps = None
+    if (args.amortized_run is None) != (args.amortized_steps is None):
+        parser.error("--amortized-run and --amortized-steps go together")
+    if args.amortized_run is not None:
+        if not (args.amortized_run / "config.yaml").is_file():
+            parser.error(f"--amortized-run: {args.amortized_run / 'config.yaml'} not found")
+        if args.steps_amortized is not None:
+            parser.error("--steps-amortized does not apply to a reused run (use --amortized-steps)")
+        try:
+            amortized_steps = sorted({int(v) for v in args.amortized_steps.split(",") if v.strip()})
+        except ValueError:
+            parser.error(f"--amortized-steps: expected integers like 100,200, got {args.amortized_steps!r}")
+        if not amortized_steps or amortized_steps[0] < 1:
+            parser.error(f"--amortized-steps: expected positive steps, got {args.amortized_steps!r}")
 
     from att3d.train import resolve_device
 
@@ -206,6 +244,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path, float |
         amortized_config=str(args.amortized_config),
         per_prompt_config=str(args.per_prompt_config),
         eval_settings=dataclasses.asdict(QUICK_EVAL if args.quick else EvalSettings()),
+        amortized_run=str(args.amortized_run) if args.amortized_run is not None else None,
+        amortized_steps=amortized_steps,
     )
     return settings, args.out, args.deadline_s, args.replot
 
@@ -239,11 +279,21 @@ class Plan:
     amortized: TrainConfig
     """The amortized run's config (steps = its last budget)."""
     per_prompt: dict[str, TrainConfig]
-    """One config per train prompt."""
+    """One config per compared train prompt."""
     train_cases: list[EvalCase]
+    """The compared train prompts: both methods are scored on these."""
     heldout_cases: list[EvalCase]
     budgets_amortized: list[int]
     budgets_per_prompt: list[int]
+    amortized_train_cases: list[EvalCase] = dataclasses.field(default_factory=list)
+    """Every prompt the amortized run trains on (a superset of ``train_cases`` when reusing a run)."""
+    reused_run: Path | None = None
+    """The existing amortized run scored instead of training one."""
+
+    @property
+    def amortized_prompt_count(self) -> int:
+        """Prompts the amortized run covers; per-prompt compute is stated for this many prompts."""
+        return len(self.amortized_train_cases or self.train_cases)
 
     @property
     def frames_per_step_amortized(self) -> int:
@@ -282,13 +332,23 @@ def build_plan(settings: BenchSettings) -> Plan:
 
     model = QUICK_MODEL if settings.quick else []
     common = [*model, *settings.overrides, *_bench_overrides(settings)]
-    amortized = load_config(
-        TrainConfig,
-        settings.amortized_config,
-        [*(QUICK_AMORTIZED if settings.quick else []), *common],
-    )
+    if settings.amortized_run is not None:  # its config is what it was trained with: no overrides but ours
+        run_config = Path(settings.amortized_run) / "config.yaml"
+        amortized = load_config(TrainConfig, run_config, _bench_overrides(settings))
+    else:
+        amortized = load_config(
+            TrainConfig,
+            settings.amortized_config,
+            [*(QUICK_AMORTIZED if settings.quick else []), *common],
+        )
     per_prompt = load_config(TrainConfig, settings.per_prompt_config, common)
     if to_dict(amortized.model) != to_dict(per_prompt.model):
+        if settings.amortized_run is not None:
+            a, p = _flatten(to_dict(amortized.model)), _flatten(to_dict(per_prompt.model))
+            differ = ", ".join(f"model.{k}={a.get(k)!r}" for k in sorted(a) if a.get(k) != p.get(k))
+            raise ConfigError(
+                f"the reused run's model differs from {settings.per_prompt_config}: pass --set {differ}"
+            )
         raise ConfigError(
             f"{settings.amortized_config} and {settings.per_prompt_config} define different models; "
             "the benchmark compares the same model, renderer and prior"
@@ -301,23 +361,38 @@ def build_plan(settings: BenchSettings) -> Plan:
             "rejected by att3d.train)"
         )
 
-    train_cases = split_cases("train")
-    wanted = spread_subset([c.prompt for c in train_cases], settings.prompts, "prompts")
-    train_cases = [c for c in train_cases if c.prompt in wanted]
+    all_train_cases = split_cases("train")
+    if settings.amortized_run is not None:
+        source = amortized.prompts
+        if (source.source, source.split, source.all_phrasings) != ("shapes", "train", False):
+            raise ConfigError(
+                f"--amortized-run: {settings.amortized_run} was not trained on the ShapesWorld train split "
+                "(prompts.source=shapes, split=train, canonical phrasings); only such runs are scored here"
+            )
+    wanted = spread_subset([c.prompt for c in all_train_cases], settings.prompts, "prompts")
+    train_cases = [c for c in all_train_cases if c.prompt in wanted]
     heldout_cases = split_cases("heldout")
     wanted = spread_subset([c.prompt for c in heldout_cases], settings.heldout, "heldout")
     heldout_cases = [c for c in heldout_cases if c.prompt in wanted]
     train_prompts = [c.prompt for c in train_cases]
 
-    steps_amortized = settings.steps_amortized or amortized.steps
     steps_per_prompt = settings.steps_per_prompt or per_prompt.steps
-    amortized = _with_steps(amortized, steps_amortized)
-    amortized = dataclasses.replace(
-        amortized,
-        prompts=dataclasses.replace(
-            amortized.prompts, source="list", prompts=train_prompts, heldout=[c.prompt for c in heldout_cases]
-        ),
-    )
+    if settings.amortized_run is not None:
+        budgets_amortized = list(settings.amortized_steps or [])
+        amortized = dataclasses.replace(amortized, steps=budgets_amortized[-1])  # same schedule as trained
+    else:
+        steps_amortized = settings.steps_amortized or amortized.steps
+        budgets_amortized = geometric_budgets(steps_amortized, settings.budgets)
+        amortized = _with_steps(amortized, steps_amortized)
+        amortized = dataclasses.replace(
+            amortized,
+            prompts=dataclasses.replace(
+                amortized.prompts,
+                source="list",
+                prompts=train_prompts,
+                heldout=[c.prompt for c in heldout_cases],
+            ),
+        )
     if amortized.interp_prob > 0 and len(train_prompts) < amortized.interp_prompts:
         raise ConfigError(
             f"--prompts {len(train_prompts)}: the amortized config mixes {amortized.interp_prompts} prompts "
@@ -342,9 +417,22 @@ def build_plan(settings: BenchSettings) -> Plan:
         per_prompt=configs,
         train_cases=train_cases,
         heldout_cases=heldout_cases,
-        budgets_amortized=geometric_budgets(steps_amortized, settings.budgets),
+        budgets_amortized=budgets_amortized,
         budgets_per_prompt=geometric_budgets(steps_per_prompt, settings.budgets),
+        amortized_train_cases=all_train_cases if settings.amortized_run is not None else train_cases,
+        reused_run=Path(settings.amortized_run) if settings.amortized_run is not None else None,
     )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for naming the keys two configs disagree on)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_settings_file(out: Path, settings: BenchSettings) -> None:
@@ -436,8 +524,10 @@ def evaluate_step(
     settings: EvalSettings,
     device: str,
     label: str,
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]] | None:
-    """Per-case scores of the run's checkpoint at ``step``, cached in ``eval/step_XXXXXXX.json``.
+    """Per-case scores of the run's checkpoint at ``step``, cached in ``cache_dir`` (default: the run's
+    ``eval/``) as ``step_XXXXXXX.json``.
 
     ``None`` when neither the cache nor the checkpoint exists (e.g. the run stopped before ``step``).
     """
@@ -446,7 +536,7 @@ def evaluate_step(
     from att3d.shapes.evaluate import evaluate_generator
     from att3d.train import checkpoint_dir
 
-    path = run_dir / "eval" / f"step_{step:07d}.json"
+    path = (cache_dir or run_dir / "eval") / f"step_{step:07d}.json"
     if path.is_file():
         return json.loads(path.read_text())["cases"]
     checkpoint = checkpoint_dir(run_dir, step)
@@ -459,6 +549,24 @@ def evaluate_step(
     results = evaluate_generator(generator, cases, settings, default_classifier(device))
     write_json_atomic(path, {"step": step, "cases": results})
     return results
+
+
+def measure_step_seconds(
+    config: TrainConfig,
+    run_dir: Path,
+    prior: DiffusionPrior,
+    encoder: TextEncoder,
+    cancel: threading.Event,
+) -> float | None:
+    """Seconds per training step of ``config`` on this machine: a few warm-up steps, then
+    ``STEP_TIMING_STEPS`` timed ones (set-up and checkpoint write included, as in every segment here)."""
+    warm = STEP_TIMING_WARMUP
+    timed = warm + STEP_TIMING_STEPS
+    for step in (warm, timed):
+        if not advance_run(config, run_dir, step, prior, encoder, cancel, "step timing"):
+            return None
+    segment = next((s for s in read_timing(run_dir) if s["start"] == warm and s["end"] == timed), None)
+    return segment["seconds"] / STEP_TIMING_STEPS if segment else None
 
 
 def log(message: str) -> None:
@@ -595,6 +703,7 @@ def new_object_summary(
 
 LABELS = {
     ("amortized", "train"): "amortized, train prompts",
+    ("amortized", "train_all"): "amortized, all train prompts of the run",
     ("amortized", "heldout"): "amortized, held-out prompts",
     ("per_prompt", "train"): "per-prompt, train prompts",
 }
@@ -609,7 +718,12 @@ def write_plot(path: Path, points: Sequence[dict[str, Any]], title: str) -> None
 
     fig, axes = plt.subplots(1, len(QUALITY_METRICS), figsize=(5 * len(QUALITY_METRICS), 4), squeeze=False)
     names = {"iou": "IoU", "color_accuracy": "colour accuracy", "r_precision": "R-precision"}
-    styles = {("amortized", "train"): "o-", ("amortized", "heldout"): "s--", ("per_prompt", "train"): "^-"}
+    styles = {
+        ("amortized", "train"): "o-",
+        ("amortized", "train_all"): "o:",
+        ("amortized", "heldout"): "s--",
+        ("per_prompt", "train"): "^-",
+    }
     per_prompt = curve(points, "per_prompt", "train")
     for ax, metric in zip(axes[0], QUALITY_METRICS, strict=True):
         for (method, split), label in LABELS.items():
@@ -621,7 +735,7 @@ def write_plot(path: Path, points: Sequence[dict[str, Any]], title: str) -> None
         if per_prompt:
             ax.axhline(per_prompt[-1][metric], color="gray", linestyle=":", linewidth=1)
         ax.set_xscale("log")
-        ax.set_xlabel("rendered frames (total over the method's runs)")
+        ax.set_xlabel("rendered frames (total, for every train prompt of the amortized run)")
         ax.set_ylabel(names[metric])
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="both", alpha=0.3)
@@ -637,8 +751,10 @@ def write_plot(path: Path, points: Sequence[dict[str, Any]], title: str) -> None
 
 def plot_title(report: dict[str, Any]) -> str:
     prompts = report["prompts"]
+    total = report.get("amortized_train_prompts", len(prompts["train"]))
+    compared = f"{len(prompts['train'])} compared of {total}" if total != len(prompts["train"]) else total
     return (
-        f"ShapesWorld, {len(prompts['train'])} train / {len(prompts['heldout'])} held-out prompts, "
+        f"ShapesWorld, {compared} train / {len(prompts['heldout'])} held-out prompts, "
         f"{report['meta']['machine']}, {report['meta']['date'][:10]}"
     )
 
@@ -658,6 +774,18 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['meta']['command']}`",
         "",
+    ]
+    if report.get("reused_amortized_run"):
+        total, compared = report["amortized_train_prompts"], len(report["prompts"]["train"])
+        lines += [
+            f"Amortized: the existing run `{report['reused_amortized_run']}` on {total} train prompts, wall "
+            f"time = steps × {_fmt(report['amortized_seconds_per_step'])} s/step measured here. "
+            f"Per-prompt: {compared} runs, frames and wall time scaled by {total}/{compared} to cover the "
+            f"same {total} prompts. `train` rows score the {compared} compared prompts; `train_all` all "
+            f"{total}.",
+            "",
+        ]
+    lines += [
         "| method | prompts | step | frames | wall s | IoU | colour acc. | colour dist. | R-prec. |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -727,7 +855,7 @@ def run_benchmark(
     settings: BenchSettings, out: Path, deadline_s: float | None, argv: Sequence[str]
 ) -> dict[str, Any]:
     """Train and score every run budget by budget, then write ``results.json``, the plot and the table."""
-    from att3d.train import build_prior, build_text_encoder
+    from att3d.train import build_prior, build_text_encoder, checkpoint_dir
 
     plan = build_plan(settings)
     per_prompt_steps = next(iter(plan.per_prompt.values())).steps
@@ -750,27 +878,61 @@ def run_benchmark(
         prompt: out / "runs" / "per_prompt" / f"{i:02d}-{slug(prompt)}"
         for i, prompt in enumerate(plan.per_prompt)
     }
+    amortized_cache = None
+    if plan.reused_run is not None:  # score its checkpoints in place, keep the scores here
+        amortized_dir, amortized_cache = plan.reused_run, out / "runs" / "amortized_reused" / "eval"
+        missing = [
+            s
+            for s in plan.budgets_amortized
+            if not (checkpoint_dir(amortized_dir, s) / "manifest.json").is_file()
+            and not (amortized_cache / f"step_{s:07d}.json").is_file()
+        ]
+        if missing:
+            raise ConfigError(f"--amortized-steps: {amortized_dir} has no checkpoint at step(s) {missing}")
     train_prompts = [c.prompt for c in plan.train_cases]
     case_of = {c.prompt: c for c in plan.train_cases}
-    amortized_cases = [*plan.train_cases, *plan.heldout_cases]
+    amortized_cases = [*plan.amortized_train_cases, *plan.heldout_cases]
+    step_seconds = None
     amortized_results: dict[int, list[dict[str, Any]]] = {}
     per_prompt_results: dict[str, dict[int, list[dict[str, Any]]]] = {p: {} for p in train_prompts}
 
     stopped = False
     try:
+        if plan.reused_run is not None:  # its own wall time may include a shared machine: time it here
+            step_seconds = measure_step_seconds(
+                plan.amortized, out / "runs" / "amortized_timing", prior, encoder, cancel
+            )
+            stopped = step_seconds is None
         # Budget-major: after k budgets both methods have k comparable points, whenever the run stops.
-        for k, (step_a, step_p) in enumerate(
-            zip(plan.budgets_amortized, plan.budgets_per_prompt, strict=True)
-        ):
-            jobs = [("amortized", plan.amortized, amortized_dir, step_a, amortized_cases)]
+        # (A reused run may list another number of budgets than the per-prompt runs have.)
+        rounds = max(len(plan.budgets_amortized), len(plan.budgets_per_prompt))
+        for k in range(rounds):
+            jobs = []
+            if k < len(plan.budgets_amortized):
+                step_a = plan.budgets_amortized[k]
+                jobs.append(("amortized", plan.amortized, amortized_dir, step_a, amortized_cases))
             for i, (prompt, config) in enumerate(plan.per_prompt.items()):
+                if k >= len(plan.budgets_per_prompt):
+                    break
                 name = f"per-prompt {i + 1}/{len(train_prompts)} {prompt!r}"
+                step_p = plan.budgets_per_prompt[k]
                 jobs.append((name, config, per_prompt_dirs[prompt], step_p, [case_of[prompt]]))
             for label, config, run_dir, step, cases in jobs:
-                label = f"budget {k + 1}/{len(plan.budgets_amortized)}, {label}"
-                if not stopped and not cancel.is_set():
+                label = f"budget {k + 1}/{rounds}, {label}"
+                reused = run_dir == plan.reused_run
+                if not reused and not stopped and not cancel.is_set():
                     stopped = not advance_run(config, run_dir, step, prior, encoder, cancel, label)
-                results = evaluate_step(run_dir, step, cases, eval_settings, settings.device, label)
+                if reused and cancel.is_set():
+                    continue
+                results = evaluate_step(
+                    run_dir,
+                    step,
+                    cases,
+                    eval_settings,
+                    settings.device,
+                    label,
+                    amortized_cache if reused else None,
+                )
                 if results is None:
                     continue
                 if run_dir == amortized_dir:
@@ -781,12 +943,14 @@ def run_benchmark(
         if timer is not None:
             timer.cancel()
 
-    points = collect_points(plan, amortized_dir, per_prompt_dirs, amortized_results, per_prompt_results)
+    points = collect_points(
+        plan, amortized_dir, per_prompt_dirs, amortized_results, per_prompt_results, step_seconds
+    )
     complete = plan.budgets_amortized[-1] in amortized_results and all(
         plan.budgets_per_prompt[-1] in r for r in per_prompt_results.values()
     )
     timing = None
-    final_checkpoint = amortized_dir / "checkpoints" / f"step_{plan.budgets_amortized[-1]:07d}"
+    final_checkpoint = checkpoint_dir(amortized_dir, plan.budgets_amortized[-1])
     heldout_prompts = [c.prompt for c in plan.heldout_cases][:NEW_OBJECT_PROMPTS]
     if complete and heldout_prompts and (final_checkpoint / "manifest.json").is_file():
         log("timing new objects (amortized forward pass + mesh)")
@@ -814,6 +978,9 @@ def run_benchmark(
             "per_prompt": plan.frames_per_step_per_prompt,
         },
         "complete": complete,
+        "reused_amortized_run": str(plan.reused_run) if plan.reused_run is not None else None,
+        "amortized_train_prompts": plan.amortized_prompt_count,
+        "amortized_seconds_per_step": step_seconds,
         "points": points,
         "per_prompt_runs": {
             prompt: per_prompt_curve(plan, per_prompt_dirs[prompt], by_step)
@@ -826,7 +993,7 @@ def run_benchmark(
             },
         },
         "summary": summarize(points),
-        "new_object": new_object_summary(points, timing, len(train_prompts)),
+        "new_object": new_object_summary(points, timing, plan.amortized_prompt_count),
     }
     write_json_atomic(out / "results.json", report)
     try:
@@ -844,24 +1011,42 @@ def collect_points(
     per_prompt_dirs: dict[str, Path],
     amortized_results: dict[int, list[dict[str, Any]]],
     per_prompt_results: dict[str, dict[int, list[dict[str, Any]]]],
+    step_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Curve points: amortized (train and held-out) per budget; per-prompt per budget that every run reached
-    (frames and wall seconds summed over the runs, metrics averaged over the prompts)."""
+    """Curve points: amortized per budget (``train``: the compared prompts, ``train_all``: every prompt of a
+    reused run, ``heldout``); per-prompt per budget that every run reached (metrics averaged over the
+    prompts; frames and wall seconds summed over the runs and scaled to the amortized run's prompt count,
+    a no-op unless a reused run covers more prompts than were optimized one by one).
+
+    A reused run's wall time is ``step * step_seconds``; a run trained here uses its measured segments.
+    """
     points = []
     segments = read_timing(amortized_dir)
+    compared = {c.prompt for c in plan.train_cases}
     for step, results in sorted(amortized_results.items()):
         frames = plan.frames_per_step_amortized * step
-        wall = wall_seconds(segments, step)
-        for split in ("train", "heldout"):
-            rows = [r for r in results if r["split"] == split]
+        if plan.reused_run is not None:
+            if step_seconds is None:
+                continue
+            wall = step * step_seconds
+        else:
+            wall = wall_seconds(segments, step)
+        groups = {
+            "train": [r for r in results if r["split"] == "train" and r["prompt"] in compared],
+            "heldout": [r for r in results if r["split"] == "heldout"],
+        }
+        if len(plan.amortized_train_cases) > len(plan.train_cases):
+            groups["train_all"] = [r for r in results if r["split"] == "train"]
+        for split, rows in groups.items():
             if rows:
                 points.append(make_point("amortized", split, step, frames, wall, rows))
+    scale = plan.amortized_prompt_count / max(1, len(per_prompt_results))
     for step in plan.budgets_per_prompt:
         if not all(step in by_step for by_step in per_prompt_results.values()):
             continue
         rows = [row for by_step in per_prompt_results.values() for row in by_step[step]]
-        wall = sum(wall_seconds(read_timing(d), step) for d in per_prompt_dirs.values())
-        frames = plan.frames_per_step_per_prompt * step * len(per_prompt_results)
+        wall = scale * sum(wall_seconds(read_timing(d), step) for d in per_prompt_dirs.values())
+        frames = round(scale * plan.frames_per_step_per_prompt * step * len(per_prompt_results))
         points.append(make_point("per_prompt", "train", step, frames, wall, rows))
     return points
 

@@ -193,3 +193,63 @@ def test_quick_run_partial_resumed_and_skipped(bench, tmp_path, capsys):
     capsys.readouterr()
     assert bench.main([*args, "--budgets", "3"]) == 2
     assert "other settings (budgets: 2 -> 3)" in capsys.readouterr().err
+
+
+def test_reused_amortized_run_is_scored_not_trained(bench, tmp_path, capsys):
+    """A finished run on the whole train split gives the amortized curve; 2 per-prompt runs stand for all
+    49 prompts (compute scaled by 49/2) and both methods are compared on the same 2 prompts."""
+    from att3d.config import TrainConfig, load_config
+    from att3d.train import train
+
+    run_dir = tmp_path / "amortized_run"
+    overrides = [*bench.QUICK_MODEL, *bench.QUICK_AMORTIZED, "steps=4", "checkpoint_every=2"]
+    overrides += ["keep_checkpoints=5", "device=cpu", "eval_every=0", "preview_every=0", "log_every=0"]
+    overrides += ["progress_bar=false", "sds.t_anneal_steps=2"]
+    train(load_config(TrainConfig, bench.AMORTIZED_CONFIG, overrides), run_dir)
+    weights_before = (run_dir / "checkpoints" / "step_0000004" / "manifest.json").read_text()
+
+    out = tmp_path / "bench"
+    args = ["--device", "cpu", "--quick", "--out", str(out), "--amortized-run", str(run_dir)]
+    assert bench.main([*args, "--amortized-steps", "4"]) == 0  # one budget: 50 cases to score
+    report = json.loads((out / "results.json").read_text())
+    assert report["complete"] is True and report["reused_amortized_run"] == str(run_dir)
+    assert report["amortized_train_prompts"] == 49 and len(report["prompts"]["train"]) == 2
+    assert report["amortized_seconds_per_step"] > 0
+    assert (run_dir / "checkpoints" / "step_0000004" / "manifest.json").read_text() == weights_before
+    assert not (run_dir / "eval").exists()  # scores are kept in --out, not in the user's run
+
+    curves = {}
+    for p in report["points"]:
+        curves.setdefault((p["method"], p["split"]), []).append(p)
+    amortized = curves["amortized", "train"]
+    assert [(p["step"], p["frames"], p["cases"]) for p in amortized] == [(4, 8, 2)]
+    assert [p["cases"] for p in curves["amortized", "train_all"]] == [49]
+    assert amortized[0]["wall_s"] == pytest.approx(4 * report["amortized_seconds_per_step"], abs=1e-3)
+    # Per-prompt: 2 runs of 2 views per step, scaled to 49 prompts.
+    per_prompt = curves["per_prompt", "train"]
+    assert [(p["step"], p["frames"], p["cases"]) for p in per_prompt] == [(2, 4 * 49, 2), (4, 8 * 49, 2)]
+    runs = report["per_prompt_runs"]
+    assert per_prompt[-1]["wall_s"] == pytest.approx(
+        49 / 2 * sum(rows[-1]["wall_s"] for rows in runs.values()), abs=0.05
+    )
+    assert "scaled by 49/2" in (out / "results.md").read_text()
+
+    capsys.readouterr()
+    assert bench.main([*args, "--amortized-steps", "6", "--out", str(tmp_path / "b2")]) == 2
+    assert "has no checkpoint at step(s) [6]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args([*args, "--amortized-steps", "2", "--steps-amortized", "4"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--out", "x", "--amortized-run", str(run_dir)])  # steps missing
+
+
+def test_reused_run_with_another_model_names_the_differing_keys(bench, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = (SCRIPT.parents[1] / "configs" / "shapes_default.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config)
+    settings, _, _, _ = bench.parse_args(
+        ["--device", "cpu", "--out", "x", "--amortized-run", str(run_dir), "--amortized-steps", "100"]
+    )
+    with pytest.raises(ConfigError, match=r"pass --set .*model\.field\.encoding\.levels=7"):
+        bench.build_plan(settings)
