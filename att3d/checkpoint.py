@@ -50,6 +50,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from att3d.atomic import atomic_write, fsync_dir, fsync_file
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "att3d-checkpoint"
@@ -94,30 +96,6 @@ class Checkpoint:
     """Directory the checkpoint was read from (the backup if the target was lost mid-save)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Low-level atomic writes
-# --------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (new names, renames); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _check_tensors(tensors: object, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(tensors, dict):
         raise CheckpointError(f"{what}: tensors must be a dict name -> tensor, got {type(tensors).__name__}")
@@ -142,18 +120,7 @@ def save_tensors_atomic(
     pairs = (metadata or {}).items()
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
         raise CheckpointError(f"{path}: safetensors metadata must map strings to strings")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -196,7 +163,7 @@ def _recover_interrupted_save(target: Path) -> None:
             shutil.rmtree(backup)  # the new checkpoint made it into place; the backup is stale
         else:
             os.rename(backup, target)  # crashed between the two renames: the backup is the checkpoint
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -236,7 +203,7 @@ def save_checkpoint(
     try:
         weights = tmp / WEIGHTS_FILE
         save_file(tensors, weights, metadata={"format": FORMAT})
-        _fsync_file(weights)
+        fsync_file(weights)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -252,22 +219,22 @@ def save_checkpoint(
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{target}: config or metadata is not JSON-serializable ({err})") from None
         (tmp / MANIFEST_FILE).write_text(text + "\n")
-        _fsync_file(tmp / MANIFEST_FILE)
-        _fsync_dir(tmp)
+        fsync_file(tmp / MANIFEST_FILE)
+        fsync_dir(tmp)
 
         if target.exists():
             os.rename(target, backup)
             moved_old = True
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if moved_old and not target.exists():
             # If even this fails, the backup stays where load_checkpoint and the next save look for it.
             with contextlib.suppress(OSError):
                 os.rename(backup, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         if isinstance(err, OSError):
             raise CheckpointError(f"{target}: cannot save checkpoint ({_one_line(err)})") from err
         raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import Tensor
 
+from att3d.atomic import write_bytes_atomic
 from att3d.config import ConfigError, MeshConfig
 from att3d.marching_cubes import METHODS, grid_surface
 
@@ -428,13 +428,13 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike[str]) -> list[Path
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output directory does not exist: {path.parent}")
     if path.suffix.lower() != ".obj":
-        _atomic_write(path, mesh_to_bytes(mesh, fmt))
+        write_bytes_atomic(path, mesh_to_bytes(mesh, fmt))
         return [path]
     files = _obj_files(mesh, path.name, path.stem)
     # The OBJ goes last so it never references a material file that is not there yet.
     names = sorted(files, key=lambda name: name == path.name)
     for name in names:
-        _atomic_write(path.with_name(name), files[name])
+        write_bytes_atomic(path.with_name(name), files[name])
     return [path.with_name(name) for name in names]
 
 
@@ -498,25 +498,3 @@ def _obj_files(mesh: trimesh.Trimesh, obj_name: str, material_stem: str) -> dict
             raise RuntimeError(f"OBJ export produced {sorted(extra)} instead of {sorted(expected)}")
         files.update(extra)
     return files
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync it, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with mode 0o666 lets the umask decide permissions (mkstemp would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # Persist the rename itself.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

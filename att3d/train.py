@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,7 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 
+from att3d.atomic import atomic_write
 from att3d.cameras import Cameras, orbit_cameras, sample_cameras
 from att3d.checkpoint import (
     CheckpointError,
@@ -707,23 +707,6 @@ def load_training_checkpoint(run: TrainRun, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # Previews, logs, files
 # --------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(temp_path)`` in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()

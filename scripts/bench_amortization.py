@@ -68,9 +68,10 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from att3d.atomic import atomic_write, write_json_atomic, write_text_atomic  # noqa: E402
 from att3d.config import ConfigError, TrainConfig, load_config, to_dict  # noqa: E402
-from att3d.shapes.evaluate import EvalCase, EvalSettings, mean_scores, write_json_atomic  # noqa: E402
-from att3d.train import TrainingError, atomic_write  # noqa: E402
+from att3d.shapes.evaluate import EvalCase, EvalSettings, mean_scores  # noqa: E402
+from att3d.train import TrainingError  # noqa: E402
 
 if TYPE_CHECKING:
     from att3d.priors.base import DiffusionPrior
@@ -1001,7 +1002,7 @@ def run_benchmark(
     except ImportError as err:  # e.g. a GPU image without matplotlib: results.json has every point
         log(f"no plot ({err}); draw it elsewhere with --replot --out {out}")
     text = markdown_report(report)
-    atomic_write(out / "results.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(out / "results.md", text)
     return report
 
 

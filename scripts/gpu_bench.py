@@ -43,7 +43,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import os
 import platform
 import sys
 import time
@@ -57,6 +56,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from att3d.atomic import write_text_atomic  # noqa: E402  (standard library only)
 
 # --------------------------------------------------------------------------------------------------
 # Published model configurations (diffusers constructor arguments), so no weights are needed
@@ -287,15 +288,6 @@ def table(rows: list[Row], header: str) -> str:
         cells = (row.benchmark, row.setting, row.p50, row.p95, row.throughput, row.memory, row.notes)
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def ms(seconds: float) -> str:
@@ -863,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def publish() -> None:
         if out is not None:
-            write_atomic(out, table(rows, header))
+            write_text_atomic(out, table(rows, header))
 
     try:
         field, field_note = load_field(args.checkpoint or None, device, sizes.small_field)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from att3d.atomic import write_text_atomic
 from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject
 
 DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-prior"
@@ -125,24 +124,14 @@ def save_classifier(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(save_tensors_atomic(folder / WEIGHTS_FILE, dict(model.state_dict())), 0o644)
+    save_tensors_atomic(folder / WEIGHTS_FILE, dict(model.state_dict()))
     settings = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": dataclasses.asdict(model.config),
         "metadata": metadata or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{SETTINGS_FILE}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(settings, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; assets are read by everyone
-        os.replace(tmp, folder / SETTINGS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(folder / SETTINGS_FILE, json.dumps(settings, indent=1) + "\n")
     return folder
 
 

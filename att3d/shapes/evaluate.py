@@ -24,14 +24,14 @@ lines are skipped). A bad line is reported as ``FILE:LINE: what`` and nothing is
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import typer
+
+from att3d.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # keeps `att3d --help` from importing torch
     from torch import Tensor
@@ -412,25 +412,6 @@ def mean_scores(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"overall": means(results), "splits": {name: means(rows) for name, rows in by_split.items()}}
 
 
-def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented JSON: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a report is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> None:
     """Per-case rows, then the means per split and overall, as a rich table on stdout."""
     from rich.console import Console
@@ -596,5 +577,4 @@ __all__ = [
     "score_query",
     "split_cases",
     "split_of",
-    "write_json_atomic",
 ]

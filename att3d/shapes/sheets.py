@@ -10,8 +10,6 @@ Cells are upscaled with nearest-neighbour so 32-pixel images stay crisp when vie
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from att3d.atomic import atomic_write
 from att3d.cameras import Cameras, make_cameras
 from att3d.shapes.world import ShapeObject
 
@@ -86,19 +85,7 @@ def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
         raise ValueError(f"output must be a .png file, got {path}")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def turntable_cameras(views: int, elevations: Sequence[float] = DEFAULT_ELEVATIONS) -> Cameras:
