@@ -703,10 +703,10 @@ def new_object_summary(
 
 
 LABELS = {
-    ("amortized", "train"): "amortized, train prompts",
+    ("amortized", "train"): "amortized, compared train prompts",
     ("amortized", "train_all"): "amortized, all train prompts of the run",
     ("amortized", "heldout"): "amortized, held-out prompts",
-    ("per_prompt", "train"): "per-prompt, train prompts",
+    ("per_prompt", "train"): "per-prompt, compared train prompts",
 }
 
 
