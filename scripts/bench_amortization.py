@@ -264,8 +264,9 @@ def geometric_budgets(total: int, count: int) -> list[int]:
 
 
 def spread_subset(items: Sequence[str], count: int | None, what: str) -> list[str]:
-    """``count`` items evenly spaced through ``items`` (all when ``None``); the split is shape-major, so
-    spacing them keeps several shapes and colours in a small subset."""
+    """``count`` items evenly spaced through ``items`` (all when ``None``). The split is shape-major with 7
+    colours per shape, so spacing keeps several shapes and colours in a small subset, except for a count
+    of 7 (a stride of 7 picks the same colour slot of every shape); 8 picks 7 shapes and 7 colours."""
     if count is None:
         return list(items)
     if count > len(items):
