@@ -707,6 +707,21 @@ def _build(cls, config: dict, device: torch.device, dtype: torch.dtype):
     return model.to(dtype).eval().requires_grad_(False)
 
 
+def _prior_step_rows(
+    ctx: Context, name: str, prior, setting: str, notes: str, text: torch.Tensor, uncond: torch.Tensor
+) -> list[Row]:
+    """The SDS-step row of a hub prior, plus a full training-step row when the sizes ask for one."""
+    batch, size = ctx.sizes.sds_batch, ctx.sizes.render_size
+    sds_only = _sds_only_factory(ctx, prior, size, batch, text, uncond)
+    times, memory = _time_steps(ctx, sds_only, ctx.sizes.sds_steps)
+    rows = [_step_row(f"SDS step, {name}", setting, times, memory, notes)]
+    if ctx.sizes.training_rows:
+        step = _training_step_factory(ctx, prior, size, batch, text, uncond)
+        times, memory = _time_steps(ctx, step, ctx.sizes.sds_steps)
+        rows.append(_step_row(f"training step, {name}", setting, times, memory, "render + SDS + Adam"))
+    return rows
+
+
 def section_stable_diffusion(ctx: Context) -> list[Row]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -721,26 +736,9 @@ def section_stable_diffusion(ctx: Context) -> list[Row]:
     dim = ctx.sizes.sd_unet["cross_attention_dim"]
     text = torch.randn(batch, TEXT_TOKENS, dim, device=ctx.device, dtype=dtype)
     uncond = torch.randn(1, TEXT_TOKENS, dim, device=ctx.device, dtype=dtype)
-    rows = []
-    times, memory = _time_steps(
-        ctx, _sds_only_factory(ctx, prior, size, batch, text, uncond), ctx.sizes.sds_steps
-    )
     setting = f"batch {batch} × {size}² renders → VAE at {prior.image_size}², {str(dtype)[6:]}"
-    rows.append(
-        _step_row(
-            "SDS step, Stable Diffusion 2.1",
-            setting,
-            times,
-            memory,
-            f"random {_kind(ctx)} UNet + VAE, {params / 1e6:.1f} M params; VAE encode (grad), UNet with CFG",
-        )
-    )
-    if ctx.sizes.training_rows:
-        step = _training_step_factory(ctx, prior, size, batch, text, uncond)
-        times, memory = _time_steps(ctx, step, ctx.sizes.sds_steps)
-        notes = "render + SDS + Adam"
-        rows.append(_step_row("training step, Stable Diffusion 2.1", setting, times, memory, notes))
-    return rows
+    notes = f"random {_kind(ctx)} UNet + VAE, {params / 1e6:.1f} M params; VAE encode (grad), UNet with CFG"
+    return _prior_step_rows(ctx, "Stable Diffusion 2.1", prior, setting, notes, text, uncond)
 
 
 def section_deepfloyd(ctx: Context) -> list[Row]:
@@ -757,24 +755,8 @@ def section_deepfloyd(ctx: Context) -> list[Row]:
     text = torch.randn(batch, TEXT_TOKENS, dim, device=ctx.device, dtype=dtype)
     uncond = torch.randn(1, TEXT_TOKENS, dim, device=ctx.device, dtype=dtype)
     setting = f"batch {batch} × {size}² renders (pixel space), {str(dtype)[6:]}"
-    times, memory = _time_steps(
-        ctx, _sds_only_factory(ctx, prior, size, batch, text, uncond), ctx.sizes.sds_steps
-    )
-    rows = [
-        _step_row(
-            "SDS step, DeepFloyd IF-I-XL",
-            setting,
-            times,
-            memory,
-            f"random {_kind(ctx)} UNet, {params / 1e6:.1f} M params; UNet with CFG",
-        )
-    ]
-    if ctx.sizes.training_rows:
-        step = _training_step_factory(ctx, prior, size, batch, text, uncond)
-        times, memory = _time_steps(ctx, step, ctx.sizes.sds_steps)
-        notes = "render + SDS + Adam"
-        rows.append(_step_row("training step, DeepFloyd IF-I-XL", setting, times, memory, notes))
-    return rows
+    notes = f"random {_kind(ctx)} UNet, {params / 1e6:.1f} M params; UNet with CFG"
+    return _prior_step_rows(ctx, "DeepFloyd IF-I-XL", prior, setting, notes, text, uncond)
 
 
 def section_grid_backends(ctx: Context) -> list[Row]:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from script_loader import loaded_script
 
 from att3d.config import ConfigError
 
@@ -18,12 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_amortization.p
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_amortization", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_amortization"] = module  # dataclasses look their module up while the script loads
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_amortization", None)
+    yield from loaded_script("bench_amortization")
 
 
 def quick_settings(bench, *extra: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,18 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from script_loader import loaded_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module  # dataclasses look their module up while the script loads
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_bench", None)
+    yield from loaded_script("gpu_bench")
 
 
 def rows(text: str) -> list[list[str]]:
