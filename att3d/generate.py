@@ -2,7 +2,8 @@
 
 ``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
 was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
-is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> dense query -> marching cubes.
+is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the fine
+grid (``att3d.fast_inference``; ``MeshConfig.fine_query=dense`` queries every sample) -> marching cubes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
+from att3d.fast_inference import FastInferenceOptions, FastMesher
 from att3d.field import AmortizedField, PromptField
-from att3d.mesh import extract_mesh
+from att3d.mesh import NoSurfaceError, extract_mesh
 from att3d.text import TextEncoder, get_text_encoder, validate_prompt
 
 ASSETS = Path(__file__).parent / "assets"
@@ -144,9 +146,17 @@ class Generator:
         return self.field.materialize(embedding.to(self.device))
 
     def mesh(self, embedding: Tensor, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
-        """Mesh of the field conditioned on ``embedding [D]``."""
+        """Mesh of the field conditioned on ``embedding [D]`` (``mesh_config.fine_query`` picks the path)."""
         config = mesh_config or self.config.mesh
         check_resolution(config.resolution)
+        if uses_coarse_to_fine(config):
+            # One prompt alone through the batched mesher: the result depends on nothing but this request.
+            options = FastInferenceOptions(chunk_points=config.chunk_points)
+            mesher = FastMesher(self.field, config, options, device=self.device)
+            mesh = mesher.meshes(embedding.to(self.device)[None], return_exceptions=True)[0]
+            if isinstance(mesh, NoSurfaceError):
+                raise mesh
+            return mesh
         return extract_mesh(
             self.prompt_field(embedding), config, bound=self.config.field.bound, device=self.device
         )
@@ -166,6 +176,15 @@ class Generator:
             "parameters": sum(p.numel() for p in self.field.parameters()),
             "config": to_dict(self.config),
         }
+
+
+def uses_coarse_to_fine(config: MeshConfig) -> bool:
+    """Whether ``Generator.mesh`` queries coarse-to-fine for ``config`` (``MeshConfig.fine_query``)."""
+    return (
+        config.fine_query == "coarse_to_fine"
+        and config.texture == "vertex"
+        and config.marching_cubes != "skimage"
+    )
 
 
 def check_resolution(resolution: int) -> int:

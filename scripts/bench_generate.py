@@ -1,6 +1,7 @@
 """CPU time of prompt -> GLB with the bundled model (median of N runs, model loaded once).
 
     python scripts/bench_generate.py [--resolutions 64 128] [--repeats 5] [--checkpoint DIR]
+                                     [--fine-query coarse_to_fine|dense]
 
 Times ``Generator.generate`` + GLB serialization; the text embedding is cached after the first call,
 as it is in the service.
@@ -9,13 +10,13 @@ as it is in the service.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
 
-from att3d.config import MeshConfig
 from att3d.generate import Generator
-from att3d.mesh import mesh_to_bytes
+from att3d.mesh import FINE_QUERIES, mesh_to_bytes
 
 
 def main() -> None:
@@ -24,6 +25,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--prompt", default="a red cube")
+    parser.add_argument(
+        "--fine-query",
+        choices=FINE_QUERIES,
+        default=None,
+        help="MeshConfig.fine_query (default: the model's)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     generator = Generator.from_checkpoint(args.checkpoint) if args.checkpoint else Generator.default()
@@ -31,8 +38,11 @@ def main() -> None:
         f"model {generator.name} ({generator.model_hash[:12]}) loaded in {time.perf_counter() - start:.2f} s"
     )
     generator.embed([args.prompt])  # warm the text encoder and its cache
+    print(f"fine query: {args.fine_query or generator.config.mesh.fine_query}")
     for resolution in args.resolutions:
-        config = MeshConfig(**{**generator.config.mesh.__dict__, "resolution": resolution})
+        config = dataclasses.replace(generator.config.mesh, resolution=resolution)
+        if args.fine_query:
+            config = dataclasses.replace(config, fine_query=args.fine_query)
         times, size = [], 0
         for _ in range(args.repeats):
             start = time.perf_counter()

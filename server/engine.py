@@ -17,13 +17,12 @@ What a micro-batch shares, and what it does not: the batch's prompts are embedde
 (the text encoder's cache then serves every request of the batch), and identical requests are computed once.
 Each prompt is embedded by its own encoder call and each mesh by its own field query: a batched matrix
 product rounds differently from a single-row one (measured: MiniLM rows differ by ~1e-7 between batch sizes
-on 2 CPU threads), and the result for a request must not depend on which requests arrived with it. The
-field query cannot share a forward pass anyway: each prompt's coarse pass finds its own fine-grid box.
+on 2 CPU threads), and the result for a request must not depend on which requests arrived with it.
 
 With ``mesher="batched"`` the batch does share one forward pass: the meshes of all its requests with the
 same model and resolution come from one ``att3d.fast_inference.FastMesher`` call (one batched field query,
 one stacked marching cubes). Results then equal the unbatched ones only up to float rounding (vertex
-positions within ~1e-5), which is the price of the GPU throughput; the default ``reference`` keeps bytes.
+positions within ~1e-5), which is the price of the GPU throughput; the default ``per_request`` keeps bytes.
 
 Failures stay with their request: an exception (CUDA out of memory included) fails that request's future,
 memory is released, and the worker goes on with the next request.
@@ -514,7 +513,7 @@ class Engine:
         self._finish(task, result=result)
 
     def _render(self, spec: MeshSpec) -> tuple[bytes, str]:
-        """The reference path: ``Generator.mesh`` per mesh, exactly as the CLI does."""
+        """``mesher="per_request"``: ``Generator.mesh`` per mesh, exactly as the CLI does."""
         generator = self._generators.get(spec.model)
         if generator is None:
             raise GenerationError(404, "not_found", f"model {spec.model!r} is not loaded", "model")

@@ -54,8 +54,8 @@ class ServerSettings:
     """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``."""
     device: str = "cpu"
     """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
-    mesher: str = "reference"
-    """``reference``: each mesh by ``Generator.mesh`` (byte-identical whether batched or not);
+    mesher: str = "per_request"
+    """``per_request``: each request's meshes by ``Generator.mesh`` (byte-identical whether batched or not);
     ``batched``: one ``att3d.fast_inference.FastMesher`` pass per micro-batch (one field query and one
     marching cubes for the batch; equal to unbatched up to float rounding)."""
 
@@ -93,8 +93,8 @@ class ServerSettings:
             problems.append(
                 f"readiness_queue_fraction must be in (0, 1], got {self.readiness_queue_fraction}"
             )
-        if self.mesher not in ("reference", "batched"):
-            problems.append(f"mesher must be 'reference' or 'batched', got {self.mesher!r}")
+        if self.mesher not in ("per_request", "batched"):
+            problems.append(f"mesher must be 'per_request' or 'batched', got {self.mesher!r}")
         if ":" not in self.job_runner:
             problems.append(f"job_runner must look like 'module:function', got {self.job_runner!r}")
         if problems:

@@ -1,14 +1,17 @@
-"""Generator: checkpoint round trip, blends, interpolation walks, resolution checks."""
+"""Generator: checkpoint round trip, blends, interpolation walks, resolution checks, the two mesh paths."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from att3d.checkpoint import CheckpointError
-from att3d.config import MeshConfig
+from att3d.config import ConfigError, MeshConfig
 from att3d.generate import Generator, check_resolution, interpolation_weights
+from att3d.mesh import NoSurfaceError
 
 from conftest import tiny_model_config
 
@@ -78,3 +81,66 @@ def test_foreign_weights_are_rejected(tiny_checkpoint, tmp_path) -> None:
     path = save_checkpoint(tmp_path / "broken", tensors, ckpt.config, ckpt.text_encoder, ckpt.prompts)
     with pytest.raises(CheckpointError, match="weights do not match the config"):
         Generator.from_checkpoint(path)
+
+
+def lumpy_generator() -> Generator:
+    """A seeded generator whose density output is amplified, so the hash grid shapes a lumpy surface
+    (a bare density blob would be too easy for the coarse-to-fine query)."""
+    generator = Generator.seeded(tiny_model_config(), seed=0)
+    with torch.no_grad():
+        generator.field.head.mlp[-1].weight[0] *= 40.0
+        generator.field.head.mlp[-1].bias[0] = 0.0
+    return generator
+
+
+def test_coarse_to_fine_mesh_equals_the_dense_one(monkeypatch) -> None:
+    import att3d.generate
+
+    dense_calls = []
+    original = att3d.generate.extract_mesh
+    monkeypatch.setattr(
+        att3d.generate, "extract_mesh", lambda *a, **k: dense_calls.append(1) or original(*a, **k)
+    )
+    generator = lumpy_generator()
+    embedding = generator.embed(["a red cube"])[0]
+    config = MeshConfig(resolution=40, coarse_resolution=16, marching_cubes="torch")
+    fast = generator.mesh(embedding, config)
+    assert dense_calls == []
+    dense = generator.mesh(embedding, dataclasses.replace(config, fine_query="dense"))
+    assert dense_calls == [1]
+    assert len(dense.vertices) > 2000  # a lumpy surface, not the bare blob
+    assert len(fast.vertices) == len(dense.vertices) and len(fast.faces) == len(dense.faces)
+    np.testing.assert_allclose(np.sort(fast.vertices, axis=0), np.sort(dense.vertices, axis=0), atol=1e-5)
+    order, dense_order = np.lexsort(fast.vertices.T), np.lexsort(dense.vertices.T)
+    colors = fast.visual.vertex_colors[order].astype(int)
+    np.testing.assert_allclose(colors, dense.visual.vertex_colors[dense_order], atol=1)
+    assert fast.volume == pytest.approx(dense.volume, rel=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"texture": "uv", "texture_size": 16}, {"marching_cubes": "skimage"}])
+def test_uv_textures_and_skimage_take_the_dense_path(monkeypatch, change) -> None:
+    import att3d.generate
+
+    dense_calls = []
+    original = att3d.generate.extract_mesh
+    monkeypatch.setattr(
+        att3d.generate, "extract_mesh", lambda *a, **k: dense_calls.append(1) or original(*a, **k)
+    )
+    generator = Generator.seeded(tiny_model_config(), seed=0)
+    config = MeshConfig(resolution=24, coarse_resolution=12, **change)
+    assert len(generator.generate("a red cube", config).faces) > 0
+    assert dense_calls == [1]
+
+
+@pytest.mark.parametrize("fine_query", ["coarse_to_fine", "dense"])
+def test_no_surface_names_the_threshold_on_both_paths(fine_query) -> None:
+    generator = Generator.seeded(tiny_model_config(), seed=0)
+    config = MeshConfig(resolution=24, coarse_resolution=12, density_threshold=1e6, fine_query=fine_query)
+    with pytest.raises(NoSurfaceError, match=r"^no surface found: .*mesh\.density_threshold"):
+        generator.generate("a red cube", config)
+
+
+def test_unknown_fine_query_is_rejected() -> None:
+    generator = Generator.seeded(tiny_model_config(), seed=0)
+    with pytest.raises(ConfigError, match=r"mesh\.fine_query must be one of .*got 'sparse'"):
+        generator.generate("a red cube", MeshConfig(resolution=24, fine_query="sparse"))
