@@ -5,14 +5,15 @@
 
 1. **materialize once**: the mixing weights ``v(c)`` and the per-prompt grids ``W2 v(c)``
    (:meth:`AmortizedField.mixed_tables`) for the whole batch, stored in the query precision;
-2. **coarse pass**: ``coarse_resolution^3`` samples over the scene box for all prompts in one query; per
-   prompt the occupied box and the fine grid, exactly as ``extract_mesh`` chooses them;
+2. **coarse pass**: the ``coarse_resolution^3`` grid over the scene box, refined as in 3. (``coarse_block``),
+   for all prompts at once; per prompt the occupied box and the fine grid, as ``extract_mesh`` chooses them;
 3. **coarse-to-fine**: every ``block``-th fine sample (the block corners) is queried first; blocks whose
    corners lie on both sides of the iso-level, grown by ``dilation`` blocks, are *active*, and only the
    fine samples of active blocks are queried. The other samples take the trilinear interpolation of their
    block's corners, which stays on the corners' side of the level, so no surface appears there. A surface
    can only be missed where a whole feature fits between the corners of inactive blocks (thinner than a
-   block and away from any active block); ``block=1`` queries the full fine grid.
+   block and away from any active block); ``block=1`` queries the full fine grid, ``coarse_block=1`` the
+   full coarse grid.
 4. **one marching cubes for the batch**: the fine volumes, each padded with empty space as ``extract_mesh``
    does, are stacked along x into one grid (the empty layers keep them apart) and meshed with
    :func:`att3d.marching_cubes.marching_cubes`; vertex albedo (one query) and vertex normals are computed
@@ -21,8 +22,9 @@
    with a union-find over the vertex graph); on the **host** the meshes are split per prompt and wrapped
    as coloured ``trimesh.Trimesh`` objects.
 
-With ``dtype="float32"`` and ``block=1`` the surfaces equal those of ``extract_mesh`` with
-``marching_cubes="torch"`` (tested); with ``block=4`` they are equal on smooth fields. Reduced precision
+With ``dtype="float32"`` and ``block=coarse_block=1`` the surfaces equal those of ``extract_mesh`` with
+``marching_cubes="torch"`` (tested); with blocks of 4 they are equal on smooth fields (tested, and on all 56
+ShapesWorld prompts with the shipped model: ``scripts/compare_fine_query.py``). Reduced precision
 (``bfloat16``/``float16``) stores the mixed grids in half the bytes and runs the MLP head under autocast;
 accumulation, the density activation and the iso-level test stay in float32 (see docs/BENCHMARKS.md for
 the measured IoU change). ``torch.compile`` of the query is optional and applies on CUDA only (on the
@@ -70,6 +72,9 @@ class FastInferenceOptions:
     (float16 on CUDA, float32 on the CPU)."""
     block: int = 4
     """Side of a coarse-to-fine block in fine samples (1: query every fine sample)."""
+    coarse_block: int = 4
+    """The same for the coarse pass over the scene box, in coarse samples (1: query all
+    ``coarse_resolution^3`` of them, as ``extract_mesh`` does)."""
     dilation: int = 0
     """Blocks around each straddling block queried from the start (the region also grows on its own
     wherever the surface leaves it)."""
@@ -93,6 +98,8 @@ class FastInferenceOptions:
             problems.append(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.block < 1:
             problems.append(f"block must be >= 1, got {self.block}")
+        if self.coarse_block < 1:
+            problems.append(f"coarse_block must be >= 1, got {self.coarse_block}")
         if self.dilation < 0:
             problems.append(f"dilation must be >= 0, got {self.dilation}")
         if self.chunk_points < 1:
@@ -218,18 +225,21 @@ def query_chunked(
 
 
 @dataclass
-class _FineGrid:
-    """One prompt's fine grid (the one ``extract_mesh`` would use) and its coarse-to-fine blocks."""
+class _Grid:
+    """One prompt's sample grid (the coarse one over the scene box, or the fine one ``extract_mesh`` would
+    use) and its coarse-to-fine blocks."""
 
     shape: tuple[int, int, int]
     lo: np.ndarray
+    hi: np.ndarray
+    """World coordinates of the first and last samples."""
     voxel: float
     corners: list[Tensor]
-    """Fine-sample indices of the block corners along each axis (0, block, 2 block, ..., n - 1)."""
+    """Sample indices of the block corners along each axis (0, block, 2 block, ..., n - 1)."""
 
     def points(self, index: Tensor) -> Tensor:
-        """World coordinates of fine samples ``index [N, 3]``."""
-        return _grid_points(self.lo, self.lo + (np.array(self.shape) - 1) * self.voxel, self.shape, index)
+        """World coordinates of samples ``index [N, 3]``."""
+        return _grid_points(self.lo, self.hi, self.shape, index)
 
 
 def _grid_points(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int], index: Tensor) -> Tensor:
@@ -411,38 +421,56 @@ class FastMesher:
 
     # ---- passes ----------------------------------------------------------------------------------
 
-    def _fine_grids(self, query: BatchQuery, prompts: int, results: list) -> list[_FineGrid | None]:
-        """Coarse pass over the scene box for all prompts, then each prompt's fine grid."""
-        bound, n = self.field.config.bound, self.config.coarse_resolution
-        box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
-        axis = torch.arange(n, device=self.device)
-        coarse_points = _grid_points(box_lo, box_hi, (n, n, n), _product_index([axis, axis, axis]))
-        density, _ = query_chunked(
-            query, coarse_points.repeat(prompts, 1), [len(coarse_points)] * prompts, self.options.chunk_points
+    def _fine_grids(self, query: BatchQuery, prompts: int, results: list) -> list[_Grid | None]:
+        """Coarse pass over the scene box for all prompts, then each prompt's fine grid.
+
+        The coarse grid is refined like the fine one (``coarse_block``), so its occupancy, and with it the
+        fine grid, equals ``extract_mesh``'s wherever no feature hides inside a block (see the module
+        docstring); ``coarse_block=1`` queries every coarse sample.
+        """
+        bound, n, level = (
+            self.field.config.bound,
+            self.config.coarse_resolution,
+            self.config.density_threshold,
         )
-        coarse = torch.nan_to_num(density, nan=0.0).view(prompts, n, n, n)
-        occupied = (coarse > self.config.density_threshold).cpu().numpy()
-        grids: list[_FineGrid | None] = []
-        for p in range(prompts):
-            if not occupied[p].any():
+        box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
+        corners = [_block_corners(n, self.options.coarse_block, self.device)] * 3
+        coarse = [_Grid((n, n, n), box_lo, box_hi, 2.0 * bound / (n - 1), corners)] * prompts
+        volumes = self._refined_volumes(query, coarse)
+        grids: list[_Grid | None] = []
+        for p, volume in enumerate(volumes):
+            occupied = (volume > level).cpu().numpy()
+            if not occupied.any():
                 where = f"coarse {n}^3 grid over the scene box"
-                results[p] = no_surface_error(coarse[p].cpu().numpy(), self.config.density_threshold, where)
+                results[p] = no_surface_error(volume.cpu().numpy(), level, where)
                 grids.append(None)
                 continue
-            shape, lo, voxel = fine_grid(*occupied_box(occupied[p], box_lo, box_hi), self.config.resolution)
-            corners = [_block_corners(s, self.options.block, self.device) for s in shape]
-            grids.append(_FineGrid(shape, lo, voxel, corners))
+            shape, lo, voxel = fine_grid(*occupied_box(occupied, box_lo, box_hi), self.config.resolution)
+            hi = lo + (np.array(shape) - 1) * voxel
+            fine_corners = [_block_corners(s, self.options.block, self.device) for s in shape]
+            grids.append(_Grid(shape, lo, hi, voxel, fine_corners))
         return grids
 
     def _fine_volumes(
-        self, query: BatchQuery, grids: list[_FineGrid | None], results: list
+        self, query: BatchQuery, grids: list[_Grid | None], results: list
     ) -> list[Tensor | None]:
-        """Every prompt's fine density grid: block corners first, then the samples of active blocks.
+        """Every prompt's fine density grid (``None`` where it has no surface, the error in ``results``)."""
+        level = self.config.density_threshold
+        volumes = self._refined_volumes(query, grids)
+        for p, volume in enumerate(volumes):
+            if volume is not None and not bool((volume > level).any()):
+                where = f"fine {'x'.join(map(str, grids[p].shape))} grid inside the occupied box"
+                results[p] = no_surface_error(volume.cpu().numpy(), level, where)
+                volumes[p] = None
+        return volumes
+
+    def _refined_volumes(self, query: BatchQuery, grids: list[_Grid | None]) -> list[Tensor | None]:
+        """Each grid's density, coarse-to-fine: block corners first, then the samples of active blocks.
 
         Active blocks start as those whose corners straddle the level (plus ``dilation``) and grow until
         no grid edge between a queried and an interpolated sample crosses the level, i.e. until the
         queried region encloses every surface it touches; the queries of all prompts go in one call per
-        round.
+        round. Samples never queried hold the trilinear interpolation of their block's corners.
         """
         level = self.config.density_threshold
         live = [p for p, g in enumerate(grids) if g is not None]
@@ -472,25 +500,19 @@ class FastMesher:
         for _ in range(_MAX_ROUNDS):
             new = {p: state.samples() & ~state.queried for p, state in states.items()}
             index = {p: mask.nonzero() for p, mask in new.items()}
-            fine_counts = [len(index[p]) if p in index else 0 for p in range(len(grids))]
-            if sum(fine_counts) == 0:
+            sample_counts = [len(index[p]) if p in index else 0 for p in range(len(grids))]
+            if sum(sample_counts) == 0:
                 break
             points = torch.cat([grids[p].points(index[p]) for p in states])
-            density, _ = query_chunked(query, points, fine_counts, self.options.chunk_points)
-            for p, values in zip(range(len(grids)), density.split(fine_counts), strict=True):
+            density, _ = query_chunked(query, points, sample_counts, self.options.chunk_points)
+            for p, values in zip(range(len(grids)), density.split(sample_counts), strict=True):
                 if p in states and len(values):
                     states[p].update(new[p], values, level)
-
         for p, state in states.items():
-            if not bool((state.volume > level).any()):
-                shape = "x".join(map(str, grids[p].shape))
-                where = f"fine {shape} grid inside the occupied box"
-                results[p] = no_surface_error(state.volume.cpu().numpy(), level, where)
-            else:
-                volumes[p] = state.volume
+            volumes[p] = state.volume
         return volumes
 
-    def _groups(self, grids: list[_FineGrid | None], volumes: list[Tensor | None]) -> list[list[int]]:
+    def _groups(self, grids: list[_Grid | None], volumes: list[Tensor | None]) -> list[list[int]]:
         """Prompts meshed together, each group's stacked grid within ``max_stack_samples``."""
         groups, current, samples = [], [], 0
         for p, volume in enumerate(volumes):
@@ -507,7 +529,7 @@ class FastMesher:
         return groups
 
     def _surface(
-        self, query: BatchQuery, group: list[int], grids: list[_FineGrid | None], volumes: list[Tensor | None]
+        self, query: BatchQuery, group: list[int], grids: list[_Grid | None], volumes: list[Tensor | None]
     ) -> _Surface:
         """One marching cubes over the group's grids stacked along x, then albedo and normals."""
         ny = max(grids[p].shape[1] for p in group) + 2

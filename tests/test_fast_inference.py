@@ -101,6 +101,28 @@ def test_queried_region_grows_where_the_surface_leaves_it(field, embeddings, mon
         assert_same_mesh(mesh, extract_mesh(field.materialize(embedding), MESH))
 
 
+def test_coarse_pass_is_refined_like_the_fine_one(field, embeddings, monkeypatch):
+    import att3d.fast_inference as fast_inference
+
+    sizes = []
+    original = fast_inference.query_chunked
+
+    def counting(query, points, counts, chunk):
+        sizes[-1].append(len(points))
+        return original(query, points, counts, chunk)
+
+    monkeypatch.setattr(fast_inference, "query_chunked", counting)
+    reference = extract_mesh(field.materialize(embeddings[0]), MESH)
+    for coarse_block in (1, 4):
+        sizes.append([])
+        options = FastInferenceOptions(dtype="float32", coarse_block=coarse_block)
+        assert_same_mesh(FastMesher(field, MESH, options).meshes(embeddings[:1])[0], reference)
+    n = MESH.coarse_resolution
+    assert sizes[0][0] == n**3  # coarse_block=1: every coarse sample at once, as extract_mesh queries them
+    assert sizes[1][0] == 5**3  # coarse_block=4: the block corners 0, 4, 8, 12, 15 along each axis first
+    assert sum(sizes[1]) < sum(sizes[0])
+
+
 def test_floaters_are_dropped_as_in_the_reference(embeddings):
     # A rougher field makes small separate pieces; both paths must keep the same ones.
     field = tiny_field(density_gain=300.0, density_bias=-2.0)
@@ -176,8 +198,10 @@ def test_bad_input(field):
     mesher = FastMesher(field, MESH)
     with pytest.raises(ValueError, match=r"embeddings must be \[P, 16\]"):
         mesher.meshes(torch.zeros(3))
-    with pytest.raises(ValueError, match="block must be >= 1"):
+    with pytest.raises(ValueError, match=r"^block must be >= 1"):
         FastMesher(field, MESH, FastInferenceOptions(block=0))
+    with pytest.raises(ValueError, match=r"^coarse_block must be >= 1, got 0"):
+        FastMesher(field, MESH, FastInferenceOptions(coarse_block=0))
     with pytest.raises(ValueError, match="dtype must be auto or one of float32"):
         FastMesher(field, MESH, FastInferenceOptions(dtype="int8"))
     with pytest.raises(ValueError, match="eval mode"):
