@@ -13,7 +13,8 @@ It prints ONE table (and writes it to ``--out``, rewritten after every section s
 
 - **prompt → GLB**: text embedding → mesh → GLB bytes with ``att3d.fast_inference.FastMesher`` at 128³ and
   256³, batches of 1, 8 and 32, p50/p95 latency per batch over >= ``--prompts`` prompts and meshes/s; plus
-  the reference path (``att3d.mesh.extract_mesh`` with scikit-image, one prompt at a time) at 128³;
+  the reference path (``att3d.mesh.extract_mesh`` with scikit-image, one prompt at a time) at 128³, and
+  FastMesher's coarse-to-fine block sizes (``block``, ``coarse_block``) against querying every sample;
 - **precision**: occupancy IoU of the float16/bfloat16 query against float32 on a dense grid;
 - **marching cubes**: ``att3d.marching_cubes`` on the device vs scikit-image on the host, same grid;
 - **training**: one ShapesWorld step (render + SDS with the bundled prior, random weights if none is
@@ -792,11 +793,32 @@ def section_grid_backends(ctx: Context) -> list[Row]:
     return rows
 
 
+def section_blocks(ctx: Context) -> list[Row]:
+    """FastMesher's coarse-to-fine block sizes against querying every sample (which wins on this device)."""
+    from att3d.config import MeshConfig
+    from att3d.fast_inference import FastInferenceOptions, FastMesher
+
+    config = MeshConfig(resolution=ctx.sizes.resolutions[0], coarse_resolution=ctx.sizes.coarse_resolution)
+    rows = []
+    for block, coarse_block in ((4, 4), (4, 1), (1, 1)):
+        options = FastInferenceOptions(block=block, coarse_block=coarse_block, compile=ctx.compile)
+        mesher = FastMesher(ctx.field, config, options, ctx.device)
+        mesher.meshes(ctx.embeddings[:1])
+        times = [
+            timed(lambda i=i, m=mesher: m.meshes(ctx.embeddings[i : i + 1]), ctx.device) for i in range(10)
+        ]
+        p50, p95 = percentiles(times)
+        setting = f"block {block}, coarse_block {coarse_block}, {config.resolution}³, batch 1"
+        rows.append(Row("mesher blocks", setting, ms(p50), ms(p95), notes="meshing only, no GLB"))
+    return rows
+
+
 # name, function, seconds of budget it needs at least (checked on full runs only)
 SECTIONS: list[tuple[str, Callable[[Context], list[Row]], float]] = [
     ("environment", section_environment, 0),
     ("prompt → GLB", section_glb_latency, 60),
     ("reference path", section_reference, 20),
+    ("mesher blocks", section_blocks, 15),
     ("grid backends", section_grid_backends, 15),
     ("precision", section_precision, 15),
     ("marching cubes", section_marching_cubes, 15),

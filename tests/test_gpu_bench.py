@@ -36,6 +36,7 @@ def test_quick_mode_runs_every_section(bench, tmp_path):
         "environment",
         "prompt → GLB",
         "prompt → GLB, reference",
+        "mesher blocks",
         "grid backend",
         "precision",
         "marching cubes",
@@ -49,6 +50,12 @@ def test_quick_mode_runs_every_section(bench, tmp_path):
     assert re.fullmatch(r"\d+\.\d ms", latency[2]) and latency[4].endswith("meshes/s")
     for row in (r for r in table if r[0] == "precision"):
         assert float(re.search(r"IoU min ([\d.]+)", row[-1]).group(1)) > 0.98
+    blocks = [r[1] for r in table if r[0] == "mesher blocks"]
+    assert [b.split(",")[:2] for b in blocks] == [
+        ["block 4", " coarse_block 4"],
+        ["block 4", " coarse_block 1"],
+        ["block 1", " coarse_block 1"],
+    ]
     mc = next(r for r in table if r[0] == "marching cubes")
     ours, reference = map(int, re.search(r"(\d+) vertices vs scikit-image (\d+)", mc[-1]).groups())
     assert ours == reference
