@@ -145,10 +145,10 @@ class MeshConfig:
     marching_cubes: str = "auto"
     """``skimage``, ``torch`` (``att3d.marching_cubes``, stays on the query device) or ``auto`` (torch on
     CUDA, skimage on the CPU)."""
-    fine_query: str = "coarse_to_fine"
-    """How a generator queries the fine grid: ``coarse_to_fine`` (``att3d.fast_inference``: block corners
-    first, then only the blocks the surface passes through; the same surface as ``dense`` on smooth fields
-    at about a quarter of the queries) or ``dense`` (every fine sample, ``att3d.mesh.extract_mesh``, the
+    grid_query: str = "coarse_to_fine"
+    """How a generator queries the coarse and fine grids: ``coarse_to_fine`` (``att3d.fast_inference``: block
+    corners first, then only the blocks the surface passes through; the same surface as ``dense`` on smooth
+    fields at a fraction of the queries) or ``dense`` (every sample, ``att3d.mesh.extract_mesh``, the
     reference). UV textures and ``marching_cubes=skimage`` take ``dense``; ``coarse_to_fine`` meshes with
     ``torch``."""
 

@@ -24,7 +24,7 @@
 
 With ``dtype="float32"`` and ``block=coarse_block=1`` the surfaces equal those of ``extract_mesh`` with
 ``marching_cubes="torch"`` (tested); with blocks of 4 they are equal on smooth fields (tested, and on all 56
-ShapesWorld prompts with the shipped model: ``scripts/compare_fine_query.py``). Reduced precision
+ShapesWorld prompts with the shipped model: ``scripts/compare_grid_query.py``). Reduced precision
 (``bfloat16``/``float16``) stores the mixed grids in half the bytes and runs the MLP head under autocast;
 accumulation, the density activation and the iso-level test stay in float32 (see docs/BENCHMARKS.md for
 the measured IoU change). ``torch.compile`` of the query is optional and applies on CUDA only (on the

@@ -2,8 +2,8 @@
 
 ``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
 was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
-is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the fine
-grid (``att3d.fast_inference``; ``MeshConfig.fine_query=dense`` queries every sample) -> marching cubes.
+is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
+(``att3d.fast_inference``; ``MeshConfig.grid_query=dense`` queries every sample) -> marching cubes.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class Generator:
         return self.field.materialize(embedding.to(self.device))
 
     def mesh(self, embedding: Tensor, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
-        """Mesh of the field conditioned on ``embedding [D]`` (``mesh_config.fine_query`` picks the path)."""
+        """Mesh of the field conditioned on ``embedding [D]`` (``mesh_config.grid_query`` picks the path)."""
         config = mesh_config or self.config.mesh
         check_resolution(config.resolution)
         if uses_coarse_to_fine(config):
@@ -179,9 +179,9 @@ class Generator:
 
 
 def uses_coarse_to_fine(config: MeshConfig) -> bool:
-    """Whether ``Generator.mesh`` queries coarse-to-fine for ``config`` (``MeshConfig.fine_query``)."""
+    """Whether ``Generator.mesh`` queries coarse-to-fine for ``config`` (``MeshConfig.grid_query``)."""
     return (
-        config.fine_query == "coarse_to_fine"
+        config.grid_query == "coarse_to_fine"
         and config.texture == "vertex"
         and config.marching_cubes != "skimage"
     )

@@ -42,8 +42,8 @@ QueryFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 MESH_FORMATS = ("glb", "ply", "obj")
 """Formats :func:`mesh_to_bytes` produces (``obj`` is a zip of the OBJ, its MTL and texture)."""
 
-FINE_QUERIES = ("coarse_to_fine", "dense")
-"""Values of ``MeshConfig.fine_query``."""
+GRID_QUERIES = ("coarse_to_fine", "dense")
+"""Values of ``MeshConfig.grid_query``."""
 
 # File extension → format for write_mesh. ".obj" writes loose files beside each other, ".zip" the archive.
 _EXTENSION_FORMATS = {".glb": "glb", ".ply": "ply", ".obj": "obj", ".zip": "obj"}
@@ -212,8 +212,8 @@ def check_mesh_config(config: MeshConfig, bound: float) -> None:
         problems.append(f"mesh.texture_size must be >= 8, got {config.texture_size}")
     if config.marching_cubes not in METHODS:
         problems.append(f"mesh.marching_cubes must be one of {METHODS}, got {config.marching_cubes!r}")
-    if config.fine_query not in FINE_QUERIES:
-        problems.append(f"mesh.fine_query must be one of {FINE_QUERIES}, got {config.fine_query!r}")
+    if config.grid_query not in GRID_QUERIES:
+        problems.append(f"mesh.grid_query must be one of {GRID_QUERIES}, got {config.grid_query!r}")
     if not bound > 0:
         problems.append(f"bound must be > 0, got {bound}")
     if problems:

@@ -1,7 +1,7 @@
 """CPU time of prompt -> GLB with the bundled model (median of N runs, model loaded once).
 
     python scripts/bench_generate.py [--resolutions 64 128] [--repeats 5] [--checkpoint DIR]
-                                     [--fine-query coarse_to_fine|dense]
+                                     [--grid-query coarse_to_fine|dense]
 
 Times ``Generator.generate`` + GLB serialization; the text embedding is cached after the first call,
 as it is in the service.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from att3d.generate import Generator
-from att3d.mesh import FINE_QUERIES, mesh_to_bytes
+from att3d.mesh import GRID_QUERIES, mesh_to_bytes
 
 
 def main() -> None:
@@ -26,10 +26,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--prompt", default="a red cube")
     parser.add_argument(
-        "--fine-query",
-        choices=FINE_QUERIES,
+        "--grid-query",
+        choices=GRID_QUERIES,
         default=None,
-        help="MeshConfig.fine_query (default: the model's)",
+        help="MeshConfig.grid_query (default: the model's)",
     )
     args = parser.parse_args()
     start = time.perf_counter()
@@ -38,11 +38,11 @@ def main() -> None:
         f"model {generator.name} ({generator.model_hash[:12]}) loaded in {time.perf_counter() - start:.2f} s"
     )
     generator.embed([args.prompt])  # warm the text encoder and its cache
-    print(f"fine query: {args.fine_query or generator.config.mesh.fine_query}")
+    print(f"fine query: {args.grid_query or generator.config.mesh.grid_query}")
     for resolution in args.resolutions:
         config = dataclasses.replace(generator.config.mesh, resolution=resolution)
-        if args.fine_query:
-            config = dataclasses.replace(config, fine_query=args.fine_query)
+        if args.grid_query:
+            config = dataclasses.replace(config, grid_query=args.grid_query)
         times, size = [], 0
         for _ in range(args.repeats):
             start = time.perf_counter()

@@ -106,7 +106,7 @@ def test_coarse_to_fine_mesh_equals_the_dense_one(monkeypatch) -> None:
     config = MeshConfig(resolution=40, coarse_resolution=16, marching_cubes="torch")
     fast = generator.mesh(embedding, config)
     assert dense_calls == []
-    dense = generator.mesh(embedding, dataclasses.replace(config, fine_query="dense"))
+    dense = generator.mesh(embedding, dataclasses.replace(config, grid_query="dense"))
     assert dense_calls == [1]
     assert len(dense.vertices) > 2000  # a lumpy surface, not the bare blob
     assert len(fast.vertices) == len(dense.vertices) and len(fast.faces) == len(dense.faces)
@@ -132,15 +132,15 @@ def test_uv_textures_and_skimage_take_the_dense_path(monkeypatch, change) -> Non
     assert dense_calls == [1]
 
 
-@pytest.mark.parametrize("fine_query", ["coarse_to_fine", "dense"])
-def test_no_surface_names_the_threshold_on_both_paths(fine_query) -> None:
+@pytest.mark.parametrize("grid_query", ["coarse_to_fine", "dense"])
+def test_no_surface_names_the_threshold_on_both_paths(grid_query) -> None:
     generator = Generator.seeded(tiny_model_config(), seed=0)
-    config = MeshConfig(resolution=24, coarse_resolution=12, density_threshold=1e6, fine_query=fine_query)
+    config = MeshConfig(resolution=24, coarse_resolution=12, density_threshold=1e6, grid_query=grid_query)
     with pytest.raises(NoSurfaceError, match=r"^no surface found: .*mesh\.density_threshold"):
         generator.generate("a red cube", config)
 
 
-def test_unknown_fine_query_is_rejected() -> None:
+def test_unknown_grid_query_is_rejected() -> None:
     generator = Generator.seeded(tiny_model_config(), seed=0)
-    with pytest.raises(ConfigError, match=r"mesh\.fine_query must be one of .*got 'sparse'"):
-        generator.generate("a red cube", MeshConfig(resolution=24, fine_query="sparse"))
+    with pytest.raises(ConfigError, match=r"mesh\.grid_query must be one of .*got 'sparse'"):
+        generator.generate("a red cube", MeshConfig(resolution=24, grid_query="sparse"))

@@ -1,9 +1,9 @@
-"""Coarse-to-fine vs dense fine-grid query on every ShapesWorld prompt: same surface, and how much faster.
+"""Coarse-to-fine vs dense grid queries on every ShapesWorld prompt: same surface, and how much faster.
 
-    python scripts/compare_fine_query.py [--resolution 128] [--checkpoint DIR] [--json out.json]
+    python scripts/compare_grid_query.py [--resolution 128] [--checkpoint DIR] [--json out.json]
 
 For each train and held-out prompt, meshes the bundled model (or ``--checkpoint``) with
-``MeshConfig.fine_query=coarse_to_fine`` and ``dense`` through ``Generator.mesh`` and prints the vertex and
+``MeshConfig.grid_query=coarse_to_fine`` and ``dense`` through ``Generator.mesh`` and prints the vertex and
 face counts, the largest distance between the sorted vertex coordinates (when the counts agree), the
 relative volume difference and both times (mesh only, no export).
 """
@@ -39,12 +39,12 @@ def main() -> None:
     with torch.no_grad():
         for prompt, embedding in zip(prompts, generator.embed(prompts), strict=True):
             meshes, seconds = {}, {}
-            for fine_query in ("coarse_to_fine", "dense"):
+            for grid_query in ("coarse_to_fine", "dense"):
                 start = time.perf_counter()
-                meshes[fine_query] = generator.mesh(
-                    embedding, dataclasses.replace(config, fine_query=fine_query)
+                meshes[grid_query] = generator.mesh(
+                    embedding, dataclasses.replace(config, grid_query=grid_query)
                 )
-                seconds[fine_query] = time.perf_counter() - start
+                seconds[grid_query] = time.perf_counter() - start
             fast, dense = meshes["coarse_to_fine"], meshes["dense"]
             same_counts = len(fast.vertices) == len(dense.vertices)
             row = {
