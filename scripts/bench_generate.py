@@ -38,7 +38,7 @@ def main() -> None:
         f"model {generator.name} ({generator.model_hash[:12]}) loaded in {time.perf_counter() - start:.2f} s"
     )
     generator.embed([args.prompt])  # warm the text encoder and its cache
-    print(f"fine query: {args.grid_query or generator.config.mesh.grid_query}")
+    print(f"grid query: {args.grid_query or generator.config.mesh.grid_query}")
     for resolution in args.resolutions:
         config = dataclasses.replace(generator.config.mesh, resolution=resolution)
         if args.grid_query:
