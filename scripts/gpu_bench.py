@@ -35,6 +35,8 @@ Wheels the GPU image lacks (diffusers, trimesh; importlib_metadata is listed by 
 machine with network into the git-ignored ``.whl/`` folder::
 
     python3 -m pip download --no-deps -d .whl diffusers==0.42.1 trimesh==5.2.0 importlib_metadata
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 -d .whl xxhash==4.1.0   # optional: faster GLB export
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@
 #
 # Packages the GPU image lacks travel as wheels in the git-ignored .whl/ folder (download them on a
 # machine with network: python3 -m pip download --no-deps -d .whl diffusers==0.42.1 trimesh==5.2.0
-# importlib_metadata). They are installed into /tmp/site without touching the image's packages.
+# importlib_metadata; and xxhash, which makes trimesh's GLB export faster, built for the image's Python 3.12:
+# python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+# --platform manylinux_2_17_x86_64 -d .whl xxhash==4.1.0). They are installed into /tmp/site without
+# touching the image's packages.
 # A hard timeout (GPU_BENCH_TIMEOUT_S, default 470 s) interrupts the script, which still prints the
 # rows measured so far; its own budget (--budget-s, default 420 s) normally ends it well before.
 set -u
@@ -21,7 +24,7 @@ export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 python3 - <<'PY' || true
 import importlib
-for name in ("torch", "diffusers", "trimesh", "transformers", "huggingface_hub", "skimage", "scipy", "yaml"):
+for name in ("torch", "diffusers", "trimesh", "xxhash", "transformers", "huggingface_hub", "skimage", "scipy", "yaml"):
     try:
         module = importlib.import_module(name)
         print(f"[bench] {name} {getattr(module, '__version__', '?')}")
