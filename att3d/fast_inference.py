@@ -231,15 +231,14 @@ class _Grid:
 
     shape: tuple[int, int, int]
     lo: np.ndarray
-    hi: np.ndarray
-    """World coordinates of the first and last samples."""
+    """World coordinates of the first sample."""
     voxel: float
     corners: list[Tensor]
     """Sample indices of the block corners along each axis (0, block, 2 block, ..., n - 1)."""
 
     def points(self, index: Tensor) -> Tensor:
         """World coordinates of samples ``index [N, 3]``."""
-        return _grid_points(self.lo, self.hi, self.shape, index)
+        return _grid_points(self.lo, self.lo + (np.array(self.shape) - 1) * self.voxel, self.shape, index)
 
 
 def _grid_points(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int], index: Tensor) -> Tensor:
@@ -435,7 +434,7 @@ class FastMesher:
         )
         box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
         corners = [_block_corners(n, self.options.coarse_block, self.device)] * 3
-        coarse = [_Grid((n, n, n), box_lo, box_hi, 2.0 * bound / (n - 1), corners)] * prompts
+        coarse = [_Grid((n, n, n), box_lo, 2.0 * bound / (n - 1), corners)] * prompts
         volumes = self._refined_volumes(query, coarse)
         grids: list[_Grid | None] = []
         for p, volume in enumerate(volumes):
@@ -446,9 +445,8 @@ class FastMesher:
                 grids.append(None)
                 continue
             shape, lo, voxel = fine_grid(*occupied_box(occupied, box_lo, box_hi), self.config.resolution)
-            hi = lo + (np.array(shape) - 1) * voxel
             fine_corners = [_block_corners(s, self.options.block, self.device) for s in shape]
-            grids.append(_Grid(shape, lo, hi, voxel, fine_corners))
+            grids.append(_Grid(shape, lo, voxel, fine_corners))
         return grids
 
     def _fine_volumes(

@@ -21,6 +21,7 @@ from att3d.fast_inference import (
 from att3d.field import AmortizedField
 from att3d.mesh import NoSurfaceError, extract_mesh, mesh_to_bytes
 
+from conftest import assert_same_mesh
 from gltf_validator import assert_valid_glb
 
 TEXT_DIM = 16
@@ -57,15 +58,6 @@ def embeddings() -> torch.Tensor:
 
 
 MESH = MeshConfig(resolution=24, coarse_resolution=16, marching_cubes="torch", min_component_fraction=0.02)
-
-
-def assert_same_mesh(mesh: trimesh.Trimesh, ref: trimesh.Trimesh, atol: float = 1e-5) -> None:
-    assert len(mesh.vertices) == len(ref.vertices) and len(mesh.faces) == len(ref.faces)
-    np.testing.assert_allclose(np.sort(mesh.vertices, axis=0), np.sort(ref.vertices, axis=0), atol=atol)
-    order, ref_order = np.lexsort(mesh.vertices.T), np.lexsort(ref.vertices.T)
-    colors = mesh.visual.vertex_colors[order].astype(int)
-    np.testing.assert_allclose(colors, ref.visual.vertex_colors[ref_order], atol=1)
-    assert mesh.volume == pytest.approx(ref.volume, rel=1e-5)
 
 
 def test_same_surface_as_the_reference_path(field, embeddings):

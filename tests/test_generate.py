@@ -13,7 +13,7 @@ from att3d.config import ConfigError, MeshConfig
 from att3d.generate import Generator, check_resolution, interpolation_weights
 from att3d.mesh import NoSurfaceError
 
-from conftest import tiny_model_config
+from conftest import assert_same_mesh, tiny_model_config
 
 
 def test_checkpoint_round_trip_gives_identical_mesh(tiny_checkpoint) -> None:
@@ -93,14 +93,18 @@ def lumpy_generator() -> Generator:
     return generator
 
 
-def test_coarse_to_fine_mesh_equals_the_dense_one(monkeypatch) -> None:
+@pytest.fixture
+def dense_calls(monkeypatch) -> list[int]:
+    """One entry per call of the dense reference path (``extract_mesh``) made by ``Generator.mesh``."""
     import att3d.generate
 
-    dense_calls = []
+    calls = []
     original = att3d.generate.extract_mesh
-    monkeypatch.setattr(
-        att3d.generate, "extract_mesh", lambda *a, **k: dense_calls.append(1) or original(*a, **k)
-    )
+    monkeypatch.setattr(att3d.generate, "extract_mesh", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_coarse_to_fine_mesh_equals_the_dense_one(dense_calls) -> None:
     generator = lumpy_generator()
     embedding = generator.embed(["a red cube"])[0]
     config = MeshConfig(resolution=40, coarse_resolution=16, marching_cubes="torch")
@@ -109,23 +113,11 @@ def test_coarse_to_fine_mesh_equals_the_dense_one(monkeypatch) -> None:
     dense = generator.mesh(embedding, dataclasses.replace(config, grid_query="dense"))
     assert dense_calls == [1]
     assert len(dense.vertices) > 2000  # a lumpy surface, not the bare blob
-    assert len(fast.vertices) == len(dense.vertices) and len(fast.faces) == len(dense.faces)
-    np.testing.assert_allclose(np.sort(fast.vertices, axis=0), np.sort(dense.vertices, axis=0), atol=1e-5)
-    order, dense_order = np.lexsort(fast.vertices.T), np.lexsort(dense.vertices.T)
-    colors = fast.visual.vertex_colors[order].astype(int)
-    np.testing.assert_allclose(colors, dense.visual.vertex_colors[dense_order], atol=1)
-    assert fast.volume == pytest.approx(dense.volume, rel=1e-5)
+    assert_same_mesh(fast, dense)
 
 
 @pytest.mark.parametrize("change", [{"texture": "uv", "texture_size": 16}, {"marching_cubes": "skimage"}])
-def test_uv_textures_and_skimage_take_the_dense_path(monkeypatch, change) -> None:
-    import att3d.generate
-
-    dense_calls = []
-    original = att3d.generate.extract_mesh
-    monkeypatch.setattr(
-        att3d.generate, "extract_mesh", lambda *a, **k: dense_calls.append(1) or original(*a, **k)
-    )
+def test_uv_textures_and_skimage_take_the_dense_path(dense_calls, change) -> None:
     generator = Generator.seeded(tiny_model_config(), seed=0)
     config = MeshConfig(resolution=24, coarse_resolution=12, **change)
     assert len(generator.generate("a red cube", config).faces) > 0
