@@ -19,8 +19,9 @@ from att3d.cameras import make_cameras
 from att3d.config import SDSConfig
 from att3d.priors.base import PriorCondition
 from att3d.priors.deepfloyd import DeepFloydPrior
+from att3d.priors.hub import unet_eps
 from att3d.priors.registry import load_prior
-from att3d.priors.stable_diffusion import StableDiffusionPrior, unet_eps
+from att3d.priors.stable_diffusion import StableDiffusionPrior
 from att3d.priors.view_prompts import (
     BACK,
     FRONT,

@@ -87,6 +87,13 @@ class DiffusionPrior(ABC):
         return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
 
+def freeze(*modules: torch.nn.Module | None) -> None:
+    """Priors are never trained: no parameter gradients, eval mode (no dropout)."""
+    for module in modules:
+        if module is not None:
+            module.requires_grad_(False).eval()
+
+
 def guided(eps_uncond: Tensor, eps_cond: Tensor, guidance_scale: float) -> Tensor:
     """The project's single form of classifier-free guidance (see module docstring)."""
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)

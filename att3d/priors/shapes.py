@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 
 from att3d.cameras import Cameras
-from att3d.priors.base import DiffusionPrior, PriorCondition, eps_from_sample, guided
-from att3d.priors.stable_diffusion import check_images, freeze, resize_images
+from att3d.priors.base import DiffusionPrior, PriorCondition, eps_from_sample, freeze, guided
+from att3d.priors.images import to_pixel_space
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -375,8 +375,7 @@ class ShapesPrior(DiffusionPrior):
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Renders in [0, 1] -> ``[B, 3, image_size, image_size]`` in [-1, 1] (differentiable)."""
-        check_images(images)
-        return resize_images(images, self.image_size) * 2.0 - 1.0
+        return to_pixel_space(images, self.image_size)
 
     # ---------------------------------------------------------------------------------- denoising
 
