@@ -50,7 +50,7 @@ class DeepFloydPrior(HubPrior):
         negative_prompt: str = "",
         image_size: int | None = None,
     ) -> None:
-        """Wrap already-built components (moved to their device and dtype by the caller).
+        """Wrap a built UNet and scheduler (and T5, optionally), each already on its device and dtype.
 
         ``image_size`` defaults to the UNet's ``sample_size`` (64 for IF stage I).
         """

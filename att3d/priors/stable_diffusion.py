@@ -47,7 +47,7 @@ class StableDiffusionPrior(HubPrior):
         negative_prompt: str = "",
         image_size: int | None = None,
     ) -> None:
-        """Wrap already-built components (moved to their device and dtype by the caller).
+        """Wrap a built UNet, VAE and scheduler (and CLIP, optionally), each already on its device and dtype.
 
         ``image_size`` defaults to the UNet's latent ``sample_size`` times the VAE's downsampling factor
         (512 for SD 2.1 base), the resolution the model was trained at.

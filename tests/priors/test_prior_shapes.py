@@ -1,4 +1,4 @@
-"""The ShapesWorld prior: conditioning, eps conversion, guidance form, saving/loading, the bundled weights."""
+"""The ShapesWorld prior: the contract, conditioning, eps conversion, saving/loading, the bundled weights."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import sys
 
 import pytest
 import torch
+from prior_contract import PriorContract
 
 from att3d.cameras import make_cameras
+from att3d.config import SDSConfig
 from att3d.priors.base import PriorCondition, eps_from_sample
 from att3d.priors.shapes import (
     DEFAULT_PRIOR_DIR,
@@ -35,12 +37,6 @@ class StubEncoder:
     def encode(self, prompts: list[str]) -> torch.Tensor:
         rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(len(p))) for p in prompts]
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> ShapesPrior:
-    torch.manual_seed(0)
-    return ShapesPrior.from_config(TINY, text_encoder=StubEncoder())
 
 
 def conditions(prior: ShapesPrior, batch: int, seed: int = 0) -> tuple[PriorCondition, PriorCondition]:
@@ -98,117 +94,111 @@ def test_camera_features_import_without_diffusers() -> None:
     assert out.stdout.split() == ["False", "False", "False"]
 
 
-# -------------------------------------------------------------------------------------------- denoising
+# -------------------------------------------------------------------------------------------- the tiny prior
 
 
-def test_noise_pred_shape_and_finite(tiny: ShapesPrior) -> None:
-    cond, uncond = conditions(tiny, 3)
-    x_t = torch.randn(3, 3, 16, 16)
-    t = torch.tensor([0, 500, 999])
-    eps = tiny.noise_pred(x_t, t, cond, uncond, guidance_scale=7.5)
-    assert eps.shape == (3, 3, 16, 16)
-    assert torch.isfinite(eps).all()
+class TestShapesPrior(PriorContract):
+    space = "pixel"
+    image_size = 16
+    diffusion_shape = (3, 16, 16)
+    sds_config = SDSConfig(guidance_scale=3.0, t_min=0.02, t_max_start=0.98)
+    sds_render_shape = (2, 3, 24, 24)
+    sds_timestep_range = (20, 980)
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def prior(cls) -> ShapesPrior:
+        torch.manual_seed(0)
+        return ShapesPrior.from_config(TINY, text_encoder=StubEncoder())
 
-def test_exact_clean_prediction_recovers_the_noise(
-    tiny: ShapesPrior, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    g = torch.Generator().manual_seed(1)
-    x0 = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
-    noise = torch.randn(4, 3, 16, 16, generator=g)
-    t = torch.tensor([1, 200, 600, 999])
-    x_t = tiny.add_noise(x0, noise, t)
-    torch.testing.assert_close(eps_from_sample(x_t, x0, tiny.alphas_cumprod[t]), noise, atol=1e-4, rtol=0)
-    # Through noise_pred: a UNet that predicts x0 exactly must give back the noise for any guidance scale.
-    monkeypatch.setattr(tiny, "predict_sample", lambda x, tt, text, cams: torch.cat([x0] * (x.shape[0] // 4)))
-    cond, uncond = conditions(tiny, 4)
-    for scale in (1.0, 5.0):
-        torch.testing.assert_close(tiny.noise_pred(x_t, t, cond, uncond, scale), noise, atol=1e-4, rtol=0)
+    def conditions(self, prior, batch, seed):
+        return conditions(prior, batch, seed)
 
+    def unclipped(self, prior, x_t, t, cond, uncond, scale):
+        """Clipping x0 to [-1, 1] is applied after guidance: only where no branch clips is it affine."""
+        x0_c = prior.predict_sample(x_t, t, cond.text, cond.cameras)
+        x0_u = prior.predict_sample(x_t, t, uncond.text, uncond.cameras)
+        return ((x0_u + scale * (x0_c - x0_u)).abs() < 1) & (x0_c.abs() < 1) & (x0_u.abs() < 1)
 
-def test_guidance_form(tiny: ShapesPrior) -> None:
-    cond, uncond = conditions(tiny, 2, seed=3)
-    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    t = torch.tensor([300, 700])
-    eps_cond = tiny.noise_pred(x_t, t, cond, uncond, 1.0)  # scale 1 runs the conditional branch alone
-    eps_uncond = tiny.noise_pred(x_t, t, uncond, uncond, 1.0)
-    # Scale 0 is the unconditional prediction; any scale is uncond + s (cond - uncond).
-    torch.testing.assert_close(tiny.noise_pred(x_t, t, cond, uncond, 0.0), eps_uncond, atol=1e-5, rtol=1e-5)
-    guided = tiny.noise_pred(x_t, t, cond, uncond, 3.0)
-    # Clipping x0 to [-1, 1] is applied after guidance, so compare where no branch clips.
-    x0_c = tiny.predict_sample(x_t, t, cond.text, cond.cameras)
-    x0_u = tiny.predict_sample(x_t, t, uncond.text, uncond.cameras)
-    inside = ((x0_u + 3 * (x0_c - x0_u)).abs() < 1) & (x0_c.abs() < 1) & (x0_u.abs() < 1)
-    assert inside.float().mean() > 0.5
-    expected = eps_uncond + 3.0 * (eps_cond - eps_uncond)
-    torch.testing.assert_close(guided[inside], expected[inside], atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(eps_cond, eps_uncond)  # the text actually conditions the UNet
+    def test_exact_clean_prediction_recovers_the_noise(
+        self, prior: ShapesPrior, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        g = torch.Generator().manual_seed(1)
+        x0 = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+        noise = torch.randn(4, 3, 16, 16, generator=g)
+        t = torch.tensor([1, 200, 600, 999])
+        x_t = prior.add_noise(x0, noise, t)
+        torch.testing.assert_close(
+            eps_from_sample(x_t, x0, prior.alphas_cumprod[t]), noise, atol=1e-4, rtol=0
+        )
+        # Through noise_pred: a UNet that predicts x0 exactly must give back the noise for any guidance scale.
+        monkeypatch.setattr(
+            prior, "predict_sample", lambda x, tt, text, cams: torch.cat([x0] * (x.shape[0] // 4))
+        )
+        cond, uncond = conditions(prior, 4)
+        for scale in (1.0, 5.0):
+            torch.testing.assert_close(
+                prior.noise_pred(x_t, t, cond, uncond, scale), noise, atol=1e-4, rtol=0
+            )
 
+    def test_noise_pred_needs_cameras(self, prior: ShapesPrior) -> None:
+        x_t = torch.randn(1, 3, 16, 16)
+        cond = PriorCondition(torch.randn(1, 384))
+        with pytest.raises(ValueError, match="cameras is required"):
+            prior.noise_pred(x_t, torch.tensor([10]), cond, cond, 3.0)
+        cond, uncond = conditions(prior, 1)
+        with pytest.raises(ValueError, match=r"x_t must be \[B, 3, 16, 16\]"):
+            prior.noise_pred(torch.randn(1, 3, 8, 8), torch.tensor([10]), cond, uncond, 1.0)
 
-def test_noise_pred_needs_cameras(tiny: ShapesPrior) -> None:
-    x_t = torch.randn(1, 3, 16, 16)
-    cond = PriorCondition(torch.randn(1, 384))
-    with pytest.raises(ValueError, match="cameras is required"):
-        tiny.noise_pred(x_t, torch.tensor([10]), cond, cond, 3.0)
-    cond, uncond = conditions(tiny, 1)
-    with pytest.raises(ValueError, match=r"x_t must be \[B, 3, 16, 16\]"):
-        tiny.noise_pred(torch.randn(1, 3, 8, 8), torch.tensor([10]), cond, uncond, 1.0)
+    def test_encode_images_resizes_and_maps_range(self, prior: ShapesPrior) -> None:
+        images = torch.ones(2, 3, 40, 40, requires_grad=True)
+        x = prior.encode_images(images)
+        assert x.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(x, torch.ones_like(x))  # white -> +1
+        torch.testing.assert_close(prior.encode_images(torch.zeros(1, 3, 16, 16)), -torch.ones(1, 3, 16, 16))
+        x.sum().backward()
+        assert images.grad is not None and images.grad.abs().sum() > 0
 
+    def test_text_conditioning_api(self, prior: ShapesPrior) -> None:
+        text = prior.encode_text(["a red cube", "a blue sphere"])
+        assert text.shape == (2, 384)
+        assert prior.unconditional_text(3).abs().sum() == 0
+        other = ShapesPrior.from_config(TINY, text_encoder=type("Enc", (StubEncoder,), {"id": "clip"})())
+        with pytest.raises(ValueError, match="trained on 'all-MiniLM-L6-v2' embeddings, not 'clip'"):
+            other.encode_text(["a red cube"])
 
-def test_encode_images_resizes_maps_range_and_keeps_gradient(tiny: ShapesPrior) -> None:
-    images = torch.ones(2, 3, 40, 40, requires_grad=True)
-    x = tiny.encode_images(images)
-    assert x.shape == (2, 3, 16, 16)
-    torch.testing.assert_close(x, torch.ones_like(x))  # white -> +1
-    torch.testing.assert_close(tiny.encode_images(torch.zeros(1, 3, 16, 16)), -torch.ones(1, 3, 16, 16))
-    x.sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        tiny.encode_images(torch.zeros(3, 16, 16))
+    def test_sample_shape_range_and_reproducibility(self, prior: ShapesPrior) -> None:
+        cameras = make_cameras([20.0, 20.0], [0.0, 90.0])
+        a = prior.sample(
+            ["a red cube", "a red cube"], cameras, steps=3, generator=torch.Generator().manual_seed(0)
+        )
+        b = prior.sample(
+            ["a red cube", "a red cube"], cameras, steps=3, generator=torch.Generator().manual_seed(0)
+        )
+        assert a.shape == (2, 3, 16, 16) and a.min() >= 0 and a.max() <= 1
+        torch.testing.assert_close(a, b)
+        with pytest.raises(ValueError, match="1 prompts/embeddings for 2 cameras"):
+            prior.sample(["a red cube"], cameras, steps=2)
+        with pytest.raises(ValueError, match="sampler must be 'ddim' or 'ddpm'"):
+            prior.sample(["a", "b"], cameras, steps=2, sampler="euler")
 
+    def test_save_and_load_round_trip(self, prior: ShapesPrior, tmp_path) -> None:
+        from att3d.priors.registry import load_prior
 
-def test_text_conditioning_api(tiny: ShapesPrior) -> None:
-    text = tiny.encode_text(["a red cube", "a blue sphere"])
-    assert text.shape == (2, 384)
-    assert tiny.unconditional_text(3).abs().sum() == 0
-    other = ShapesPrior.from_config(TINY, text_encoder=type("Enc", (StubEncoder,), {"id": "clip"})())
-    with pytest.raises(ValueError, match="trained on 'all-MiniLM-L6-v2' embeddings, not 'clip'"):
-        other.encode_text(["a red cube"])
-
-
-def test_sample_shape_range_and_reproducibility(tiny: ShapesPrior) -> None:
-    cameras = make_cameras([20.0, 20.0], [0.0, 90.0])
-    a = tiny.sample(
-        ["a red cube", "a red cube"], cameras, steps=3, generator=torch.Generator().manual_seed(0)
-    )
-    b = tiny.sample(
-        ["a red cube", "a red cube"], cameras, steps=3, generator=torch.Generator().manual_seed(0)
-    )
-    assert a.shape == (2, 3, 16, 16) and a.min() >= 0 and a.max() <= 1
-    torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="1 prompts/embeddings for 2 cameras"):
-        tiny.sample(["a red cube"], cameras, steps=2)
-    with pytest.raises(ValueError, match="sampler must be 'ddim' or 'ddpm'"):
-        tiny.sample(["a", "b"], cameras, steps=2, sampler="euler")
-
-
-def test_save_and_load_round_trip(tiny: ShapesPrior, tmp_path) -> None:
-    from att3d.priors.registry import load_prior
-
-    tiny.metadata = {"note": "tiny"}
-    folder = tiny.save_pretrained(tmp_path / "prior")
-    tiny.save_pretrained(tmp_path / "prior")  # replacing an existing folder works too
-    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "ShapesPrior"
-    config, metadata = read_settings(folder)
-    assert config == TINY and metadata == {"note": "tiny"}
-    loaded = load_prior(folder, device="cpu")
-    assert isinstance(loaded, ShapesPrior) and loaded.image_size == 16
-    cond, uncond = conditions(tiny, 2)
-    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 900])
-    torch.testing.assert_close(
-        loaded.noise_pred(x_t, t, cond, uncond, 3.0), tiny.noise_pred(x_t, t, cond, uncond, 3.0)
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]  # no temp or backup folders left
+        prior.metadata = {"note": "tiny"}
+        folder = prior.save_pretrained(tmp_path / "prior")
+        prior.save_pretrained(tmp_path / "prior")  # replacing an existing folder works too
+        assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "ShapesPrior"
+        config, metadata = read_settings(folder)
+        assert config == TINY and metadata == {"note": "tiny"}
+        loaded = load_prior(folder, device="cpu")
+        assert isinstance(loaded, ShapesPrior) and loaded.image_size == 16
+        cond, uncond = conditions(prior, 2)
+        x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 900])
+        torch.testing.assert_close(
+            loaded.noise_pred(x_t, t, cond, uncond, 3.0), prior.noise_pred(x_t, t, cond, uncond, 3.0)
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]  # no temp or backup folders left
 
 
 def test_read_settings_errors(tmp_path) -> None:
