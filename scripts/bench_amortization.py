@@ -67,6 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runs from a checkout without installing the package
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from att3d.atomic import atomic_write, write_json_atomic, write_text_atomic  # noqa: E402
 from att3d.config import ConfigError, TrainConfig, load_config, to_dict  # noqa: E402
@@ -94,19 +95,31 @@ NEW_OBJECT_PROMPTS = 3
 STEP_TIMING_WARMUP, STEP_TIMING_STEPS = 5, 20
 """Reused amortized run: steps of its config run (and discarded) before the timed ones, and timed steps."""
 
-QUICK_MODEL = [
-    "model.field.num_bases=4",
-    "model.field.hidden_dim=16",
-    "model.field.hidden_layers=1",
-    "model.field.encoding.levels=4",
-    "model.field.encoding.log2_table_size=10",
-    "model.field.encoding.base_resolution=8",
-    "model.render.image_size=16",
-    "model.render.samples_per_ray=16",
-    "model.mesh.resolution=32",
-    "model.mesh.coarse_resolution=16",
-]
-"""``--quick``: a tiny field rendered at 16 px (both configs)."""
+TINY_CONFIG = REPO / "configs" / "tiny_test.yaml"
+"""Its ``model`` section is the tiny model of ``--quick``."""
+QUICK_MESH = ["model.mesh.resolution=32", "model.mesh.coarse_resolution=16"]
+"""``--quick`` meshes (scored at 16³ anyway): smaller than the default 128³."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for naming the keys two configs disagree on)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _tiny_model_overrides() -> list[str]:
+    """configs/tiny_test.yaml's ``model`` section as ``model.…=value`` overrides (for any base config)."""
+    model = yaml.safe_load(TINY_CONFIG.read_text())["model"]
+    return [f"model.{key}={json.dumps(value)}" for key, value in _flatten(model).items()]
+
+
+QUICK_MODEL = [*_tiny_model_overrides(), *QUICK_MESH]
+"""``--quick``: the tiny field rendered at 16 px (both configs)."""
 QUICK_AMORTIZED = ["prompts_per_step=2", "views_per_prompt=1"]
 """``--quick``: 2 frames per step (so per-prompt runs render 2 views of their prompt)."""
 QUICK_DEFAULTS = {"prompts": 2, "heldout": 1, "steps_amortized": 8, "steps_per_prompt": 4, "budgets": 2}
@@ -424,17 +437,6 @@ def build_plan(settings: BenchSettings) -> Plan:
         amortized_train_cases=all_train_cases if settings.amortized_run is not None else train_cases,
         reused_run=Path(settings.amortized_run) if settings.amortized_run is not None else None,
     )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for naming the keys two configs disagree on)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def check_settings_file(out: Path, settings: BenchSettings) -> None:

@@ -356,12 +356,12 @@ def free_memory() -> None:
 
 
 def field_config(small: bool):
-    """The default field config, or a small one for quick CPU runs."""
-    from att3d.config import EncodingConfig, FieldConfig
+    """The default field config, or for quick CPU runs the tiny one of configs/tiny_test.yaml."""
+    from att3d.config import FieldConfig, TrainConfig, load_config
 
     if not small:
         return FieldConfig()
-    return FieldConfig(encoding=EncodingConfig(levels=4, log2_table_size=12), num_bases=4, hidden_dim=16)
+    return load_config(TrainConfig, REPO / "configs" / "tiny_test.yaml").model.field
 
 
 def load_field(checkpoint: str | None, device: torch.device, small: bool = False):

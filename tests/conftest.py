@@ -1,4 +1,5 @@
-"""Shared fixtures (a tiny generator checkpoint that loads in milliseconds) and mesh comparison."""
+"""Shared fixtures: the tiny model of every test (from configs/tiny_test.yaml), a tiny generator checkpoint
+that loads in milliseconds, and mesh comparison."""
 
 from __future__ import annotations
 
@@ -7,20 +8,48 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 # Tests never touch the network; the text cache goes to a per-session temp dir unless one is given.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def tiny_model_config():
-    from att3d.config import EncodingConfig, FieldConfig, MeshConfig, ModelConfig
+TINY_TEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_test.yaml"
+"""The one definition of the tiny model (its ``model`` section) that tests and quick benchmarks start from."""
 
-    encoding = EncodingConfig(levels=4, log2_table_size=12, base_resolution=8, growth_factor=1.6)
-    return ModelConfig(
-        field=FieldConfig(encoding=encoding, num_bases=4, hidden_dim=16),
-        mesh=MeshConfig(resolution=32, coarse_resolution=16),
-    )
+TINY_GENERATOR = (
+    "field.encoding.log2_table_size=12",
+    "field.encoding.growth_factor=1.6",
+    "field.hidden_layers=2",
+    "mesh.resolution=32",
+    "mesh.coarse_resolution=16",
+)
+"""How the mesh, CLI and server tests' generator differs from the shared tiny field: every mesh those tests
+compare (surfaces at 16-32³, component counts, batch against one-by-one) was built with these values."""
+
+
+def tiny_model_section() -> dict:
+    """``model`` of configs/tiny_test.yaml as plain data (field, render)."""
+    return yaml.safe_load(TINY_TEST_CONFIG.read_text())["model"]
+
+
+def tiny_train_config(*overrides: str):  # -> TrainConfig
+    """``TrainConfig`` defaults with the shared tiny model, then ``overrides`` (``key=value``)."""
+    from att3d.config import TrainConfig, apply_overrides, from_dict
+
+    return from_dict(TrainConfig, apply_overrides({"model": tiny_model_section()}, list(overrides)))
+
+
+def tiny_model_config(*overrides: str):  # -> ModelConfig
+    """The tiny generator: the shared field with :data:`TINY_GENERATOR`, then ``overrides`` (``field.…``).
+
+    Render settings stay at their defaults: a generator never renders, and they are saved in its checkpoints.
+    """
+    from att3d.config import ModelConfig, apply_overrides, from_dict
+
+    data = {"field": tiny_model_section()["field"]}
+    return from_dict(ModelConfig, apply_overrides(data, [*TINY_GENERATOR, *overrides]))
 
 
 @pytest.fixture(scope="session")
