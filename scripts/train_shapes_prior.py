@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from att3d.config import CameraSamplingConfig
-from att3d.priors.shapes import (
-    ShapesPrior,
+from att3d.priors.shapes import ShapesPrior
+from att3d.priors.shapes_network import (
     ShapesPriorConfig,
     build_scheduler,
     build_unet,

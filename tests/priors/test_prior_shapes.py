@@ -14,14 +14,8 @@ from prior_contract import PriorContract
 from att3d.cameras import make_cameras
 from att3d.config import SDSConfig
 from att3d.priors.base import PriorCondition, eps_from_sample
-from att3d.priors.shapes import (
-    DEFAULT_PRIOR_DIR,
-    ShapesPrior,
-    ShapesPriorConfig,
-    camera_features,
-    condition_vector,
-    read_settings,
-)
+from att3d.priors.shapes import DEFAULT_PRIOR_DIR, ShapesPrior, read_settings
+from att3d.priors.shapes_network import ShapesPriorConfig, camera_features, condition_vector
 
 TINY = ShapesPriorConfig(
     image_size=16, block_out_channels=(8, 16), norm_num_groups=4, token_dim=4, azimuth_harmonics=4
@@ -86,7 +80,8 @@ def test_condition_vector_layout_and_errors() -> None:
 
 def test_camera_features_import_without_diffusers() -> None:
     code = (
-        "import sys; from att3d.priors.shapes import camera_features; "
+        "import sys; from att3d.priors.shapes import ShapesPrior; "
+        "from att3d.priors.shapes_network import camera_features; "
         "from att3d.shapes.classifier import classify; "
         "print('diffusers' in sys.modules, 'trimesh' in sys.modules, 'fastapi' in sys.modules)"
     )
