@@ -71,7 +71,8 @@ import yaml  # noqa: E402
 
 from att3d.atomic import atomic_write, write_json_atomic, write_text_atomic  # noqa: E402
 from att3d.config import ConfigError, TrainConfig, load_config, to_dict  # noqa: E402
-from att3d.shapes.evaluate import EvalCase, EvalSettings, mean_scores  # noqa: E402
+from att3d.shapes.eval_cases import EvalCase  # noqa: E402
+from att3d.shapes.evaluate import EvalSettings, mean_scores  # noqa: E402
 from att3d.train import TrainingError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -343,7 +344,7 @@ def _bench_overrides(settings: BenchSettings) -> list[str]:
 
 def build_plan(settings: BenchSettings) -> Plan:
     """Configs of every run and the cases each is scored on; raises ``ConfigError`` on a mismatch."""
-    from att3d.shapes.evaluate import split_cases
+    from att3d.shapes.eval_cases import split_cases
 
     model = QUICK_MODEL if settings.quick else []
     common = [*model, *settings.overrides, *_bench_overrides(settings)]

@@ -20,7 +20,7 @@ from server_fakes import STEP_SECONDS_ENV, TESTS_DIR, tiny_config_overrides, tin
 from server.jobs import JobStore
 
 # Registers the test text encoder, then runs the real `att3d` command line (`att3d serve ...`).
-LAUNCHER = "import server_fakes; from att3d.cli import main; main()"
+LAUNCHER = "import server_fakes; from att3d.commands.app import main; main()"
 
 
 def _free_port() -> int:

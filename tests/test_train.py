@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from att3d.cameras import make_cameras
 from att3d.checkpoint import load_checkpoint, load_tensors
+from att3d.commands.app import app
 from att3d.config import ConfigError, TrainConfig, load_config
 from att3d.field import AmortizedField
 from att3d.priors.base import DiffusionPrior, PriorCondition, eps_from_sample, guided
@@ -41,7 +42,6 @@ from att3d.train import (
     shard_indices,
     train,
 )
-from att3d.train_cli import app
 
 TEXT_DIM = 8
 
@@ -452,14 +452,14 @@ def test_cli_reports_bad_configs_with_exit_code_2(tmp_path):
     runner = CliRunner()
     bad = tmp_path / "bad.yaml"
     bad.write_text("stpes: 10\n")
-    result = runner.invoke(app, [str(bad)])
+    result = runner.invoke(app, ["train", str(bad)])
     assert result.exit_code == 2
     assert "unknown config key: stpes" in result.output
     good = tmp_path / "good.yaml"
     good.write_text("prompts: {source: file, path: /missing/prompts.txt}\n")
-    result = runner.invoke(app, [str(good), "device=cpu", "--out", str(tmp_path / "run")])
+    result = runner.invoke(app, ["train", str(good), "device=cpu", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "prompt file not found: /missing/prompts.txt" in result.output
-    result = runner.invoke(app, [str(good), "steps"])
+    result = runner.invoke(app, ["train", str(good), "steps"])
     assert result.exit_code == 2
     assert "override 'steps' is not of the form key=value" in result.output

@@ -1,7 +1,8 @@
-"""``att3d eval``: score a generator against ShapesWorld ground truth, prompt by prompt.
+"""Score a generator against ShapesWorld ground truth, prompt by prompt (what ``att3d eval`` runs).
 
-Each case is a prompt paired with the object it should produce (any phrasing can be scored against a
-named ground truth). Per case, the prompt's field is materialized once and scored three ways:
+Each case is a prompt paired with the object it should produce (``att3d.shapes.eval_cases``; any
+phrasing can be scored against a named ground truth). Per case, the prompt's field is materialized once
+and scored three ways:
 
 - ``iou``: volumetric IoU against the exact occupancy (``metrics.volumetric_iou``);
 - ``color_distance`` / ``nearest_color`` / ``color_correct``: albedo on the true surface
@@ -16,22 +17,13 @@ training camera distance. Views are an orbit at 20° elevation plus a few other 
 
 The core, :func:`score_query`, takes a plain query function, so the exact object itself
 (:func:`reference_query`) runs through the same code and shows what a perfect score looks like.
-
-Case files are JSON Lines, one ``{"prompt": ..., "shape": ..., "color": ...}`` object per line (blank
-lines are skipped). A bad line is reported as ``FILE:LINE: what`` and nothing is scored.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
-
-import typer
-
-from att3d.atomic import write_json_atomic
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:  # keeps `att3d --help` from importing torch
     from torch import Tensor
@@ -41,12 +33,9 @@ if TYPE_CHECKING:  # keeps `att3d --help` from importing torch
     from att3d.generate import Generator
     from att3d.mesh import QueryFn
     from att3d.shapes.classifier import ShapesClassifier
-    from att3d.shapes.world import ShapeObject, Splits
+    from att3d.shapes.eval_cases import EvalCase
+    from att3d.shapes.world import ShapeObject
 
-SPLIT_CHOICES = ("train", "heldout", "all")
-"""Values of ``--split``."""
-CASE_KEYS = ("prompt", "shape", "color")
-"""Keys of a case-file line (all required, no others)."""
 ORBIT_ELEVATION = 20.0
 """Elevation (degrees) of the main orbit of views."""
 EXTRA_ELEVATIONS = (0.0, 45.0)
@@ -82,18 +71,6 @@ class EvalSettings:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
 
-@dataclass(frozen=True)
-class EvalCase:
-    """A prompt and the object it should produce."""
-
-    prompt: str
-    """The text given to the generator."""
-    obj: ShapeObject
-    """The ground truth it is scored against."""
-    split: str
-    """``train`` or ``heldout`` by the bundled split file (``other`` if the object is in neither)."""
-
-
 class ObjectScores(TypedDict):
     """Scores of one field against one object (:func:`score_query`)."""
 
@@ -109,10 +86,6 @@ class ObjectScores(TypedDict):
     """Fraction of views the classifier labels as the object's (shape, colour)."""
     view_labels: list[str]
     """What the classifier saw in each view, as ``"<colour> <shape>"``."""
-
-
-class CaseFileError(ValueError):
-    """A case file cannot be read; the message is ``FILE:LINE: what`` (or ``FILE: what``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,105 +217,6 @@ def reference_query(
 
 
 # --------------------------------------------------------------------------------------------------
-# Cases
-# --------------------------------------------------------------------------------------------------
-
-
-def split_of(obj: ShapeObject, splits: Splits) -> str:
-    """``train``, ``heldout`` or ``other``: where ``obj`` sits in ``splits``."""
-    if obj in splits.train:
-        return "train"
-    if obj in splits.heldout:
-        return "heldout"
-    return "other"
-
-
-def split_cases(split: str, all_phrasings: bool = False, splits: Splits | None = None) -> list[EvalCase]:
-    """Cases for the objects of a split (``train``, ``heldout`` or ``all`` = both), train first.
-
-    Each object contributes its canonical prompt, or with ``all_phrasings`` every phrasing it has.
-    """
-    from att3d.shapes.world import load_splits
-
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
-    splits = splits or load_splits()
-    groups = {"train": splits.train, "heldout": splits.heldout}
-    names = ("train", "heldout") if split == "all" else (split,)
-    return [
-        EvalCase(prompt, obj, name)
-        for name in names
-        for obj in groups[name]
-        for prompt in (obj.prompts if all_phrasings else [obj.canonical_prompt])
-    ]
-
-
-def read_cases(path: str | Path, splits: Splits | None = None) -> list[EvalCase]:
-    """Read a JSON Lines case file; raises :class:`CaseFileError` at the first bad line.
-
-    Every line must be an object with exactly the keys ``prompt``, ``shape``, ``color``: a non-empty
-    prompt and a shape and colour named as in the world (``SHAPE_NAMES``, ``COLOR_NAMES``).
-    """
-    from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject, load_splits
-    from att3d.text import PromptError, validate_prompt
-
-    path = Path(path)
-    if not path.exists():
-        raise CaseFileError(f"{path}: case file not found")
-    if not path.is_file():
-        raise CaseFileError(f"{path}: not a file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise CaseFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    splits = splits or load_splits()
-    cases = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CaseFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(entry, dict):
-            raise CaseFileError(f"{where}: expected a JSON object, got {_json_type(entry)}")
-        missing = [key for key in CASE_KEYS if key not in entry]
-        if missing:
-            raise CaseFileError(f"{where}: missing key(s) {', '.join(missing)} (need {', '.join(CASE_KEYS)})")
-        unknown = sorted(set(entry) - set(CASE_KEYS))
-        if unknown:
-            raise CaseFileError(
-                f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(CASE_KEYS)})"
-            )
-        for key in CASE_KEYS:
-            if not isinstance(entry[key], str):
-                raise CaseFileError(f"{where}: {key!r} must be a string, got {_json_type(entry[key])}")
-        try:
-            prompt = validate_prompt(entry["prompt"])
-        except PromptError as err:
-            raise CaseFileError(f"{where}: {err}") from None
-        if entry["shape"] not in SHAPE_NAMES:
-            raise CaseFileError(
-                f"{where}: unknown shape {entry['shape']!r} (known: {', '.join(SHAPE_NAMES)})"
-            )
-        if entry["color"] not in COLOR_NAMES:
-            raise CaseFileError(
-                f"{where}: unknown color {entry['color']!r} (known: {', '.join(COLOR_NAMES)})"
-            )
-        obj = ShapeObject(entry["shape"], entry["color"])
-        cases.append(EvalCase(prompt, obj, split_of(obj, splits)))
-    if not cases:
-        raise CaseFileError(f"{path}: no cases (the file is empty)")
-    return cases
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-# --------------------------------------------------------------------------------------------------
 # Scoring a generator and summarizing
 # --------------------------------------------------------------------------------------------------
 
@@ -412,169 +286,14 @@ def mean_scores(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"overall": means(results), "splits": {name: means(rows) for name, rows in by_split.items()}}
 
 
-def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> None:
-    """Per-case rows, then the means per split and overall, as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not console.is_terminal:  # piped or captured: no wrapping at 80 columns
-        console = Console(width=200)
-    table = Table(title="ShapesWorld evaluation")
-    for name, justify in (
-        ("prompt", "left"),
-        ("object", "left"),
-        ("split", "left"),
-        ("IoU", "right"),
-        ("colour dist", "right"),
-        ("nearest colour", "left"),
-        ("R-prec", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in results:
-        mark = "" if row["color_correct"] else " ✗"
-        table.add_row(
-            row["prompt"],
-            f"{row['color']} {row['shape']}",
-            row["split"],
-            f"{row['iou']:.3f}",
-            f"{row['color_distance']:.3f}",
-            row["nearest_color"] + mark,
-            f"{row['r_precision']:.2f}",
-        )
-    summaries = [(f"mean ({name})", m) for name, m in means["splits"].items()]
-    summaries.append(("mean (all)", means["overall"]))
-    for i, (label, m) in enumerate(summaries):
-        table.add_row(
-            label,
-            f"{m['cases']} cases",
-            "",
-            f"{m['iou']:.3f}",
-            f"{m['color_distance']:.3f}",
-            f"{m['color_accuracy']:.0%} right",
-            f"{m['r_precision']:.2f}",
-            end_section=i == len(summaries) - 1,
-            style="bold" if i == len(summaries) - 1 else None,
-        )
-    console.print(table)
-
-
-# --------------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------------
-
-
-def eval_command(
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", "-c", help="Checkpoint directory (default: the bundled model)."),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option("--split", help="Score the canonical prompts of a split: train, heldout or all."),
-    ] = None,
-    cases: Annotated[
-        Path | None,
-        typer.Option("--cases", help='JSON Lines file of {"prompt": ..., "shape": ..., "color": ...} cases.'),
-    ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write per-case and mean metrics to this JSON file.")
-    ] = None,
-    all_phrasings: Annotated[
-        bool, typer.Option("--all-phrasings", help="With --split: every phrasing of each object.")
-    ] = False,
-    resolution: Annotated[int, typer.Option("--resolution", "-r", help="IoU grid side, 8-256.")] = 64,
-    views: Annotated[int, typer.Option("--views", help="Rendered views per case for R-precision.")] = 8,
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of each view in pixels.")] = 32,
-    points: Annotated[int, typer.Option("--points", help="Surface samples for the colour score.")] = 2048,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")
-    ] = None,
-) -> None:
-    """Score a generator against ShapesWorld ground truth: IoU, colour and R-precision per prompt."""
-    from att3d.cli import UserError, user_errors
-
-    with user_errors():
-        # Validate everything before loading a model, so a bad input fails fast and writes nothing.
-        settings = EvalSettings(resolution=resolution, views=views, image_size=image_size, n_points=points)
-        if (split is None) == (cases is None):
-            raise UserError("give exactly one of --split (train, heldout, all) or --cases FILE.jsonl")
-        if cases is not None and all_phrasings:
-            raise UserError("--all-phrasings applies to --split only (a case file lists its phrasings)")
-        if json_out is not None and json_out.is_dir():
-            raise UserError(f"--json {json_out} is a directory")
-        if json_out is not None and json_out.parent.exists() and not json_out.parent.is_dir():
-            raise UserError(f"--json {json_out}: {json_out.parent} is not a directory")
-        if checkpoint is not None and not checkpoint.exists():
-            raise UserError(f"checkpoint not found: {checkpoint}")
-        selected = split_cases(split, all_phrasings) if split is not None else read_cases(cases)
-
-        import torch
-
-        from att3d.generate import Generator
-        from att3d.shapes.classifier import default_classifier
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise UserError(f"--device must be cpu or cuda, got {device!r}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine")
-        generator = (
-            Generator.default(device)
-            if checkpoint is None
-            else Generator.from_checkpoint(checkpoint, device=device)
-        )
-        classifier = default_classifier(device)
-
-        def progress(i: int, case: EvalCase) -> None:
-            typer.echo(f"[{i + 1}/{len(selected)}] {case.prompt}", err=True)
-
-        results = evaluate_generator(generator, selected, settings, classifier, on_case=progress)
-        means = mean_scores(results)
-        print_table(results, means)
-        if json_out is not None:
-            report = {
-                "model": {
-                    "name": generator.name,
-                    "model_hash": generator.model_hash,
-                    "checkpoint": str(checkpoint) if checkpoint is not None else None,
-                    "training_steps": int(generator.metadata.get("step", 0)),
-                },
-                "source": {"split": split, "all_phrasings": all_phrasings}
-                if split is not None
-                else {"cases": str(cases)},
-                "settings": {
-                    "resolution": settings.resolution,
-                    "views": settings.views,
-                    "image_size": settings.image_size,
-                    "n_points": settings.n_points,
-                    "density_threshold": generator.config.mesh.density_threshold,
-                    "view_elevations": eval_cameras(settings.views).elevation.tolist(),
-                },
-                "cases": results,
-                "means": means,
-            }
-            write_json_atomic(json_out, report)
-            typer.echo(f"wrote {json_out}")
-
-
 __all__ = [
-    "CASE_KEYS",
     "METRICS",
-    "SPLIT_CHOICES",
-    "CaseFileError",
-    "EvalCase",
     "EvalSettings",
     "ObjectScores",
     "eval_cameras",
-    "eval_command",
     "evaluate_generator",
     "mean_scores",
-    "print_table",
-    "read_cases",
     "reference_query",
     "render_query",
     "score_query",
-    "split_cases",
-    "split_of",
 ]

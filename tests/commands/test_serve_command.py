@@ -7,8 +7,8 @@ import typer
 from server_fakes import tiny_generator
 from typer.testing import CliRunner
 
-from att3d.cli import UserError
-from att3d.serve_cli import parse_models, serve
+from att3d.commands.errors import UserError
+from att3d.commands.serve import parse_models, serve
 
 
 @pytest.fixture(scope="module")

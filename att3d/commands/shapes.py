@@ -9,14 +9,14 @@ rest of the ``att3d`` command line does. Torch models are imported inside the co
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(
+from att3d.commands.errors import user_errors
+
+shapes_app = typer.Typer(
     help="ShapesWorld: ground-truth renders and samples of the bundled prior.",
     no_args_is_help=True,
     add_completion=False,
@@ -28,16 +28,6 @@ ViewsOption = Annotated[int, typer.Option(help="Azimuths per row (evenly spaced 
 ElevationOption = Annotated[
     list[float] | None, typer.Option("--elevation", help="Elevation of a row in degrees (repeatable).")
 ]
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(code=2) from None
 
 
 def _parse(prompt: str):  # -> ShapeObject
@@ -67,7 +57,7 @@ def _check(output: Path, views: int, elevations: list[float] | None) -> list[flo
     return elevations
 
 
-@app.command()
+@shapes_app.command()
 def render(
     prompt: Annotated[str, typer.Argument(help='A ShapesWorld prompt, e.g. "a red cube".')],
     output: OutputOption = Path("shapes_render.png"),
@@ -76,7 +66,7 @@ def render(
     size: Annotated[int, typer.Option(help="Side of each render in pixels.")] = 64,
 ) -> None:
     """Turntable sheet of exact ground-truth renders of the object a prompt names."""
-    with _user_errors():
+    with user_errors():
         obj = _parse(prompt)
         elevations = _check(output, views, elevation)
         if not 8 <= size <= 512:
@@ -87,7 +77,7 @@ def render(
     typer.echo(f"wrote {output}")
 
 
-@app.command()
+@shapes_app.command()
 def sample(
     prompt: Annotated[str, typer.Argument(help='A ShapesWorld prompt, e.g. "a red cube".')],
     output: OutputOption = Path("shapes_samples.png"),
@@ -103,7 +93,7 @@ def sample(
     ] = False,
 ) -> None:
     """Samples of the prior for a prompt at turntable views, each row followed by the ground truth."""
-    with _user_errors():
+    with user_errors():
         from att3d.text import validate_prompt
 
         prompt = validate_prompt(prompt)
@@ -123,6 +113,3 @@ def sample(
         sheet = sample_sheet(model, prompt, views, elevations, steps, guidance, seed, ground_truth=obj)
         save_png(sheet, output)
     typer.echo(f"wrote {output}")
-
-
-__all__ = ["app"]

@@ -1,7 +1,7 @@
 """``att3d train CONFIG [key=value ...] [--resume] [--out DIR]``: the command-line face of ``att3d.train``.
 
-Runs the same on one process (``python -m att3d.train_cli configs/shapes_amortized.yaml``) and under
-``torchrun --nproc_per_node=N -m att3d.train_cli ...``; only rank 0 prints and writes.
+Runs the same on one process (``python -m att3d train configs/shapes_amortized.yaml``) and under
+``torchrun --nproc_per_node=N -m att3d train ...``; only rank 0 prints and writes.
 
 Exit codes: 0 done, 1 training failed (e.g. the loss diverged), 2 bad config or arguments, 128 + signal
 number after SIGINT/SIGTERM (a checkpoint is saved first; ``--resume`` continues from it).
@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
-
-from att3d.checkpoint import CheckpointError
-from att3d.config import ConfigError, TrainConfig, load_config
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
@@ -39,7 +36,10 @@ def train(
     ),
 ) -> None:
     """Train an amortized text-to-3D generator on a prompt set with score distillation."""
-    import att3d.train as training  # after argument parsing: keeps --help fast
+    # After argument parsing: keeps --help fast.
+    import att3d.train as training
+    from att3d.checkpoint import CheckpointError
+    from att3d.config import ConfigError, TrainConfig, load_config
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
@@ -68,16 +68,3 @@ def train(
 def _fail(message: str, code: int) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
-
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-app.command(name="train")(train)
-
-
-def main() -> None:
-    """Entry point of ``python -m att3d.train_cli`` (the single command needs no sub-command name)."""
-    app(prog_name="att3d train")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,14 +14,14 @@ from typing import Annotated
 
 import typer
 
+from att3d.commands.errors import UserError, user_errors
+
 DEFAULT_MODEL = "default"
 
 
 def parse_models(checkpoint: Path | None, models: list[str]) -> dict[str, Path | None]:
-    """``{name: checkpoint dir}`` (``None``: the bundled model), validated; raises ``att3d.cli.UserError``."""
-    # att3d.cli mounts this module's command when it is imported, so it is imported here, not at the top.
+    """``{name: checkpoint dir}`` (``None``: the bundled model), validated; raises ``UserError``."""
     from att3d.checkpoint import CheckpointError, read_manifest
-    from att3d.cli import UserError
     from server.schemas import is_model_name
 
     result: dict[str, Path | None] = {DEFAULT_MODEL: checkpoint}
@@ -66,8 +66,6 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the HTTP API and the viewer page (http://HOST:PORT/, API docs at /docs)."""
-    from att3d.cli import UserError, user_errors
-
     with user_errors():
         from server.settings import ServerSettings, SettingsError
 

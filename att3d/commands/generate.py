@@ -1,0 +1,50 @@
+"""``att3d generate PROMPT -o OUT``: one prompt -> one mesh file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from att3d.commands.errors import user_errors
+from att3d.commands.mesh_options import (
+    CheckpointOption,
+    ResolutionOption,
+    TextureOption,
+    check_output,
+    check_texture,
+    load_generator,
+    mesh_config,
+    write_mesh_file,
+)
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text prompt, e.g. 'a red cube'.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output mesh: .glb, .obj or .ply.")],
+    checkpoint: CheckpointOption = None,
+    resolution: ResolutionOption = None,
+    texture: TextureOption = "vertex",
+) -> None:
+    """Generate a mesh for PROMPT."""
+    with user_errors():
+        from att3d.generate import check_resolution
+        from att3d.text import validate_prompt
+
+        validate_prompt(prompt)
+        check_output(output)
+        check_texture(texture)
+        if resolution is not None:
+            check_resolution(resolution)
+        start = time.perf_counter()
+        generator = load_generator(checkpoint)
+        loaded = time.perf_counter()
+        mesh = generator.generate(prompt, mesh_config(generator, resolution, texture))
+        write_mesh_file(mesh, output)
+        done = time.perf_counter()
+        typer.echo(
+            f"wrote {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces) "
+            f"in {done - loaded:.2f} s (model load {loaded - start:.2f} s)"
+        )

@@ -1,0 +1,77 @@
+"""What ``att3d generate`` and ``att3d interpolate`` share: their options, their checks, loading the
+generator and writing a mesh file.
+
+Checks run before a model is loaded; files are written atomically (nothing is left behind on failure).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from att3d.commands.errors import UserError
+
+MESH_EXTENSIONS = (".glb", ".obj", ".ply")
+TEXTURE_MODES = ("vertex", "uv")
+
+CheckpointOption = Annotated[
+    Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint directory (default: the bundled model).")
+]
+ResolutionOption = Annotated[
+    int | None, typer.Option("--resolution", "-r", help="Marching-cubes grid resolution, 16-512.")
+]
+TextureOption = Annotated[
+    str, typer.Option("--texture", help="vertex (vertex colours) or uv (baked texture).")
+]
+
+
+def check_output(path: Path) -> Path:
+    """``path``, if its extension names a mesh format and it is not a directory."""
+    if path.suffix.lower() not in MESH_EXTENSIONS:
+        raise UserError(
+            f"unsupported output extension {path.suffix or '(none)'!r} for {path} "
+            f"(use one of {', '.join(MESH_EXTENSIONS)})"
+        )
+    if path.exists() and path.is_dir():
+        raise UserError(f"output path {path} is a directory")
+    return path
+
+
+def check_texture(texture: str) -> str:
+    """``texture``, if it is one of :data:`TEXTURE_MODES`."""
+    if texture not in TEXTURE_MODES:
+        raise UserError(f"--texture must be one of {', '.join(TEXTURE_MODES)}, got {texture!r}")
+    return texture
+
+
+def load_generator(checkpoint: Path | None):  # -> Generator (imported lazily)
+    """The generator of ``checkpoint`` (``None``: the bundled model)."""
+    from att3d.generate import Generator
+
+    if checkpoint is None:
+        return Generator.default()
+    if not checkpoint.exists():
+        raise UserError(f"checkpoint not found: {checkpoint}")
+    return Generator.from_checkpoint(checkpoint)
+
+
+def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConfig
+    """The generator's mesh settings with the command's resolution and texture mode."""
+    import dataclasses
+
+    from att3d.generate import check_resolution
+
+    config = generator.config.mesh
+    if resolution is not None:
+        config = dataclasses.replace(config, resolution=check_resolution(resolution))
+    return dataclasses.replace(config, texture=texture)
+
+
+def write_mesh_file(mesh, path: Path) -> None:
+    """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders."""
+    from att3d.mesh import write_mesh
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mesh(mesh, path)

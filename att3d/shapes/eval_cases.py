@@ -1,0 +1,135 @@
+"""Evaluation cases: prompts paired with the ShapesWorld object each should produce.
+
+Cases come from a split of the bundled prompt splits (:func:`split_cases`) or from a case file
+(:func:`read_cases`): JSON Lines, one ``{"prompt": ..., "shape": ..., "color": ...}`` object per line
+(blank lines are skipped). A bad line is reported as ``FILE:LINE: what`` and nothing is scored. Any
+phrasing can be scored against a named ground truth (``att3d.shapes.evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from att3d.shapes.world import ShapeObject, Splits
+
+SPLIT_CHOICES = ("train", "heldout", "all")
+"""Values of ``--split``."""
+CASE_KEYS = ("prompt", "shape", "color")
+"""Keys of a case-file line (all required, no others)."""
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """A prompt and the object it should produce."""
+
+    prompt: str
+    """The text given to the generator."""
+    obj: ShapeObject
+    """The ground truth it is scored against."""
+    split: str
+    """``train`` or ``heldout`` by the bundled split file (``other`` if the object is in neither)."""
+
+
+class CaseFileError(ValueError):
+    """A case file cannot be read; the message is ``FILE:LINE: what`` (or ``FILE: what``)."""
+
+
+def split_of(obj: ShapeObject, splits: Splits) -> str:
+    """``train``, ``heldout`` or ``other``: where ``obj`` sits in ``splits``."""
+    if obj in splits.train:
+        return "train"
+    if obj in splits.heldout:
+        return "heldout"
+    return "other"
+
+
+def split_cases(split: str, all_phrasings: bool = False, splits: Splits | None = None) -> list[EvalCase]:
+    """Cases for the objects of a split (``train``, ``heldout`` or ``all`` = both), train first.
+
+    Each object contributes its canonical prompt, or with ``all_phrasings`` every phrasing it has.
+    """
+    from att3d.shapes.world import load_splits
+
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    splits = splits or load_splits()
+    groups = {"train": splits.train, "heldout": splits.heldout}
+    names = ("train", "heldout") if split == "all" else (split,)
+    return [
+        EvalCase(prompt, obj, name)
+        for name in names
+        for obj in groups[name]
+        for prompt in (obj.prompts if all_phrasings else [obj.canonical_prompt])
+    ]
+
+
+def read_cases(path: str | Path, splits: Splits | None = None) -> list[EvalCase]:
+    """Read a JSON Lines case file; raises :class:`CaseFileError` at the first bad line.
+
+    Every line must be an object with exactly the keys ``prompt``, ``shape``, ``color``: a non-empty
+    prompt and a shape and colour named as in the world (``SHAPE_NAMES``, ``COLOR_NAMES``).
+    """
+    from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject, load_splits
+    from att3d.text import PromptError, validate_prompt
+
+    path = Path(path)
+    if not path.exists():
+        raise CaseFileError(f"{path}: case file not found")
+    if not path.is_file():
+        raise CaseFileError(f"{path}: not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise CaseFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    splits = splits or load_splits()
+    cases = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CaseFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(entry, dict):
+            raise CaseFileError(f"{where}: expected a JSON object, got {_json_type(entry)}")
+        missing = [key for key in CASE_KEYS if key not in entry]
+        if missing:
+            raise CaseFileError(f"{where}: missing key(s) {', '.join(missing)} (need {', '.join(CASE_KEYS)})")
+        unknown = sorted(set(entry) - set(CASE_KEYS))
+        if unknown:
+            raise CaseFileError(
+                f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(CASE_KEYS)})"
+            )
+        for key in CASE_KEYS:
+            if not isinstance(entry[key], str):
+                raise CaseFileError(f"{where}: {key!r} must be a string, got {_json_type(entry[key])}")
+        try:
+            prompt = validate_prompt(entry["prompt"])
+        except PromptError as err:
+            raise CaseFileError(f"{where}: {err}") from None
+        if entry["shape"] not in SHAPE_NAMES:
+            raise CaseFileError(
+                f"{where}: unknown shape {entry['shape']!r} (known: {', '.join(SHAPE_NAMES)})"
+            )
+        if entry["color"] not in COLOR_NAMES:
+            raise CaseFileError(
+                f"{where}: unknown color {entry['color']!r} (known: {', '.join(COLOR_NAMES)})"
+            )
+        obj = ShapeObject(entry["shape"], entry["color"])
+        cases.append(EvalCase(prompt, obj, split_of(obj, splits)))
+    if not cases:
+        raise CaseFileError(f"{path}: no cases (the file is empty)")
+    return cases
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+__all__ = ["CASE_KEYS", "SPLIT_CHOICES", "CaseFileError", "EvalCase", "read_cases", "split_cases", "split_of"]
