@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from att3d.images import save_png
 from att3d.shapes.cli import app
-from att3d.shapes.sheets import image_grid, labelled_grid, save_png, turntable_cameras
+from att3d.shapes.sheets import image_grid, labelled_grid, turntable_cameras
 
 runner = CliRunner()
 
