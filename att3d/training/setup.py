@@ -87,6 +87,7 @@ def build_prior(name: str, device: torch.device) -> DiffusionPrior:
 
 
 def build_text_encoder(config: TrainConfig) -> TextEncoder:
+    """The field's text encoder named in the config (an unknown name is a config error)."""
     try:
         return get_text_encoder(config.model.text.encoder, cache_dir=config.model.text.cache_dir or None)
     except ValueError as err:
