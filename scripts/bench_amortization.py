@@ -11,11 +11,11 @@ Three curves, same prior, same renderer, same model config (checked):
   optimization has no answer for them without a run of its own).
 
 Compute is counted in **rendered frames** (prompts × views × steps, summed over all runs of a method) and
-in wall seconds of ``att3d.train.train`` calls on this machine. Each run is trained in segments up to
-geometric step budgets (``total, total/2, total/4, ...``) by resuming its own checkpoint (bit-exact on the
-CPU, see ``att3d.train``), and every budget's checkpoint is scored with ``att3d.shapes.evaluate`` (IoU,
-colour accuracy, R-precision). Runs advance budget by budget, amortized first, so a run stopped early
-(``--deadline-s``, Ctrl-C) still leaves comparable points for both methods.
+in wall seconds of ``att3d.training.loop.train`` calls on this machine. Each run is trained in segments up
+to geometric step budgets (``total, total/2, total/4, ...``) by resuming its own checkpoint (bit-exact on
+the CPU, see ``att3d.training.state``), and every budget's checkpoint is scored with
+``att3d.shapes.evaluate`` (IoU, colour accuracy, R-precision). Runs advance budget by budget, amortized
+first, so a run stopped early (``--deadline-s``, Ctrl-C) still leaves comparable points for both methods.
 
 Outputs in ``--out``: ``results.json`` (every point, per-case scores, the summary), ``quality_vs_frames.png``
 (log-x plot) and ``results.md`` (table). The summary gives, per metric, the frames the amortized run needs
@@ -73,7 +73,7 @@ from att3d.atomic import atomic_write, write_json_atomic, write_text_atomic  # n
 from att3d.config import ConfigError, TrainConfig, load_config, to_dict  # noqa: E402
 from att3d.shapes.eval_cases import EvalCase  # noqa: E402
 from att3d.shapes.evaluate import EvalSettings, mean_scores  # noqa: E402
-from att3d.train import TrainingError  # noqa: E402
+from att3d.training.errors import TrainingError  # noqa: E402
 
 if TYPE_CHECKING:
     from att3d.priors.base import DiffusionPrior
@@ -241,7 +241,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, Path, float |
         if not amortized_steps or amortized_steps[0] < 1:
             parser.error(f"--amortized-steps: expected positive steps, got {args.amortized_steps!r}")
 
-    from att3d.train import resolve_device
+    from att3d.devices import resolve_device
 
     try:
         device = str(resolve_device(args.device))
@@ -374,7 +374,7 @@ def build_plan(settings: BenchSettings) -> Plan:
     if amortized.progressive_levels or per_prompt.progressive_levels:
         raise ConfigError(
             "progressive_levels: not supported here (segments that stop before every level is active are "
-            "rejected by att3d.train)"
+            "rejected by att3d.training.checks)"
         )
 
     all_train_cases = split_cases("train")
@@ -478,7 +478,7 @@ def wall_seconds(segments: Sequence[dict[str, float]], step: int) -> float:
 
 
 def latest_step(run_dir: Path) -> int:
-    from att3d.train import list_checkpoints
+    from att3d.training.run_folder import list_checkpoints
 
     found = list_checkpoints(run_dir)
     return found[-1][0] if found else 0
@@ -498,7 +498,7 @@ def advance_run(
     The wall time of the ``train`` call (set-up, steps, checkpoint write; CUDA synchronized) is appended
     to the run's ``timing.json``.
     """
-    from att3d.train import train
+    from att3d.training.loop import train
 
     start = latest_step(run_dir)
     if start >= step:
@@ -539,7 +539,7 @@ def evaluate_step(
     from att3d.generate import Generator
     from att3d.shapes.classifier import default_classifier
     from att3d.shapes.evaluate import evaluate_generator
-    from att3d.train import checkpoint_dir
+    from att3d.training.run_folder import checkpoint_dir
 
     path = (cache_dir or run_dir / "eval") / f"step_{step:07d}.json"
     if path.is_file():
@@ -860,7 +860,8 @@ def run_benchmark(
     settings: BenchSettings, out: Path, deadline_s: float | None, argv: Sequence[str]
 ) -> dict[str, Any]:
     """Train and score every run budget by budget, then write ``results.json``, the plot and the table."""
-    from att3d.train import build_prior, build_text_encoder, checkpoint_dir
+    from att3d.training.run_folder import checkpoint_dir
+    from att3d.training.setup import build_prior, build_text_encoder
 
     plan = build_plan(settings)
     per_prompt_steps = next(iter(plan.per_prompt.values())).steps

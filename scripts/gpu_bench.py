@@ -609,7 +609,8 @@ def _training_step_factory(ctx: Context, prior, image_size: int, prompts: int, t
     from att3d.priors.base import PriorCondition
     from att3d.render import render
     from att3d.sds import sds_loss
-    from att3d.train import build_optimizer, single_power_iteration
+    from att3d.training.setup import build_optimizer
+    from att3d.training.step import single_power_iteration
 
     config = TrainConfig()
     field = AmortizedField(field_config(ctx.sizes.small_field)).to(ctx.device).train()

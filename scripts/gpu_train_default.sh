@@ -20,9 +20,10 @@ echo "train exit $? after $(( $(date +%s) - start )) s"
 python3 - "$out" <<'PY'
 import shutil, sys
 from pathlib import Path
-from att3d.train import latest_checkpoint
+from att3d.training.run_folder import latest_checkpoint
 out = Path(sys.argv[1])
-ckpt = latest_checkpoint(out / "run")
+latest = latest_checkpoint(out / "run")
+ckpt = latest[1] if latest else None
 print("latest checkpoint:", ckpt)
 if ckpt is not None:
     (out / "model").mkdir(parents=True, exist_ok=True)

@@ -401,7 +401,8 @@ def write_sheet(
     path: Path, objects: list[ShapeObject], samples: torch.Tensor, truth: RenderedViews, views: int
 ) -> None:
     """Each object: its samples, then the exact renders from the same cameras."""
-    from att3d.shapes.sheets import labelled_grid, save_png
+    from att3d.images import save_png
+    from att3d.shapes.sheets import labelled_grid
 
     rows, labels = [], []
     for i, obj in enumerate(objects):

@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from att3d.devices import resolve_device
 from att3d.generate import Generator, interpolation_weights
 from server.engine import (
     Engine,
@@ -47,7 +48,6 @@ from server.engine import (
     MeshSpec,
     ModelSource,
     QueueFull,
-    resolve_device,
 )
 from server.jobs import JobError, JobManager, job_status
 from server.metrics import Metrics
@@ -725,7 +725,7 @@ def create_app(
     settings = settings or ServerSettings.from_env()
     if models is None:
         device = settings.device
-        models = {"default": lambda: Generator.default(device=resolve_device(device))}
+        models = {"default": lambda: Generator.default(device=str(resolve_device(device)))}
     metrics_ = Metrics()
     engine = Engine(settings, models, metrics_)
     jobs = JobManager(settings)

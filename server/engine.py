@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from att3d.devices import resolve_device
 from att3d.generate import Generator
 from att3d.mesh import NoSurfaceError, mesh_to_bytes
 from server.metrics import Metrics
@@ -326,7 +327,7 @@ class Engine:
             if name in self._generators:
                 raise GenerationError(409, "conflict", f"a model named {name!r} is already loaded", "name")
             generator = Generator.from_checkpoint(
-                path, name=name, device=resolve_device(self.settings.device)
+                path, name=name, device=str(resolve_device(self.settings.device))
             )
             self._register(name, generator)
             return self.model_info(name) or {}
@@ -535,13 +536,6 @@ class Engine:
                 task.future.set_exception(error)
             else:
                 task.future.set_result(result)  # type: ignore[arg-type]
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` means CUDA when available; any other name is passed through."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _encode(spec: MeshSpec, meshes: list[Any]) -> tuple[bytes, str]:

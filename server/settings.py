@@ -63,7 +63,7 @@ class ServerSettings:
     """Folder for the jobs database (``jobs.sqlite``) and the training runs of jobs (``runs/<id>``)."""
     max_running_jobs: int = 1
     """Training jobs run at the same time, each in its own process (0: jobs stay queued)."""
-    job_runner: str = "att3d.train:train"
+    job_runner: str = "att3d.training.loop:train"
     """``module:function`` the job process trains with (see ``server.jobs.Runner``)."""
     job_priors: tuple[str, ...] = ("shapes",)
     """Values a job's ``config.prior`` may take (no paths: clients must not make the server read files)."""

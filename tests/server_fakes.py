@@ -96,7 +96,7 @@ class FakeResult:
 def _save(config: TrainConfig, out_dir: Path, step: int) -> Path:
     from att3d.checkpoint import save_tensors_atomic
     from att3d.generate import Generator
-    from att3d.train import TRAIN_STATE_FILE, checkpoint_dir
+    from att3d.training.run_folder import TRAIN_STATE_FILE, checkpoint_dir
 
     prompts = config.prompts.prompts or ["a fake prompt"]
     generator = Generator.seeded(replace(config.model), seed=step)
@@ -117,7 +117,7 @@ def fake_train(
     cancel: threading.Event,
 ) -> FakeResult:
     """Counts steps, sleeps, saves a tiny checkpoint every ``checkpoint_every`` steps, honours ``cancel``."""
-    from att3d.train import list_checkpoints
+    from att3d.training.run_folder import list_checkpoints
 
     out_dir = Path(out_dir)
     delay = float(os.environ.get(STEP_SECONDS_ENV, "0.02"))

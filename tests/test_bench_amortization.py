@@ -193,7 +193,7 @@ def test_reused_amortized_run_is_scored_not_trained(bench, tmp_path, capsys):
     """A finished run on the whole train split gives the amortized curve; 2 per-prompt runs stand for all
     49 prompts (compute scaled by 49/2) and both methods are compared on the same 2 prompts."""
     from att3d.config import TrainConfig, load_config
-    from att3d.train import train
+    from att3d.training.loop import train
 
     run_dir = tmp_path / "amortized_run"
     overrides = [*bench.QUICK_MODEL, *bench.QUICK_AMORTIZED, "steps=4", "checkpoint_every=2"]

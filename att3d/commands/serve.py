@@ -82,11 +82,11 @@ def serve(
 
     import uvicorn
 
+    from att3d.devices import resolve_device
     from att3d.generate import Generator
     from server.app import create_app
-    from server.engine import resolve_device
 
-    target = resolve_device(settings.device)
+    target = str(resolve_device(settings.device))
 
     def loader(name: str, path: Path | None):  # -> Callable[[], Generator]
         if path is None:

@@ -71,7 +71,8 @@ def render(
         elevations = _check(output, views, elevation)
         if not 8 <= size <= 512:
             raise ValueError(f"--size must be between 8 and 512, got {size}")
-        from att3d.shapes.sheets import save_png, turntable_sheet
+        from att3d.images import save_png
+        from att3d.shapes.sheets import turntable_sheet
 
         save_png(turntable_sheet(obj, views, elevations, size), output)
     typer.echo(f"wrote {output}")
@@ -106,8 +107,9 @@ def sample(
             raise ValueError(f"--steps must be between 1 and 1000, got {steps}")
         if prior is not None and not prior.is_dir():
             raise ValueError(f"--prior {prior} is not a folder")
+        from att3d.images import save_png
         from att3d.priors.shapes import ShapesPrior
-        from att3d.shapes.sheets import sample_sheet, save_png
+        from att3d.shapes.sheets import sample_sheet
 
         model = ShapesPrior.from_pretrained(prior, device=device)
         sheet = sample_sheet(model, prompt, views, elevations, steps, guidance, seed, ground_truth=obj)

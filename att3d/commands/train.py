@@ -1,4 +1,4 @@
-"""``att3d train CONFIG [key=value ...] [--resume] [--out DIR]``: the command-line face of ``att3d.train``.
+"""``att3d train CONFIG [key=value ...] [--resume] [--out DIR]``: the command-line face of ``att3d.training``.
 
 Runs the same on one process (``python -m att3d train configs/shapes_amortized.yaml``) and under
 ``torchrun --nproc_per_node=N -m att3d train ...``; only rank 0 prints and writes.
@@ -37,7 +37,7 @@ def train(
 ) -> None:
     """Train an amortized text-to-3D generator on a prompt set with score distillation."""
     # After argument parsing: keeps --help fast.
-    import att3d.train as training
+    import att3d.training.loop as training
     from att3d.checkpoint import CheckpointError
     from att3d.config import ConfigError, TrainConfig, load_config
 

@@ -7,7 +7,7 @@
   nearest named colour of its mean is the right one.
 
 - :func:`evaluate`: both scores averaged over a prompt set for an amortized field (the hook
-  ``att3d.train.default_evaluator`` calls on the held-out prompts).
+  ``att3d.training.callbacks.default_evaluator`` calls on the held-out prompts).
 
 The third score of DESIGN.md §3, the R-precision analogue (does a classifier trained on ground-truth
 renders name the right shape and colour in renders of the generated object), lives in

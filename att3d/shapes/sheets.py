@@ -2,8 +2,8 @@
 
 - :func:`turntable_sheet`: ground-truth renders of one object, one row per elevation, azimuths across;
 - :func:`sample_sheet`: prior samples of a prompt at the same views, each row followed by the GT row;
-- :func:`labelled_grid` / :func:`save_png`: the building blocks (the prior's training script uses them
-  for its sheet of every object).
+- :func:`labelled_grid`: the building block (the prior's training script uses it for its sheet of every
+  object); ``att3d.images.save_png`` writes the sheets.
 
 Cells are upscaled with nearest-neighbour so 32-pixel images stay crisp when viewed.
 """
@@ -11,7 +11,6 @@ Cells are upscaled with nearest-neighbour so 32-pixel images stay crisp when vie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +18,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from att3d.atomic import atomic_write
 from att3d.cameras import Cameras, make_cameras
 from att3d.shapes.world import ShapeObject
 
@@ -76,16 +74,6 @@ def labelled_grid(
         sheet.paste(Image.fromarray(strip), (label_width, top))
         draw.text((4, top + height // 2 - 6), label, fill=(255, 255, 255))
     return sheet
-
-
-def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
-    """Write a PNG atomically (temp file in the same folder + fsync + rename)."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"output must be a .png file, got {path}")
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def turntable_cameras(views: int, elevations: Sequence[float] = DEFAULT_ELEVATIONS) -> Cameras:
@@ -145,7 +133,6 @@ __all__ = [
     "labelled_grid",
     "render_views",
     "sample_sheet",
-    "save_png",
     "to_uint8",
     "turntable_cameras",
     "turntable_sheet",

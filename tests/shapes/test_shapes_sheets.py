@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from att3d.shapes.sheets import image_grid, labelled_grid, save_png, turntable_cameras
+from att3d.images import save_png
+from att3d.shapes.sheets import image_grid, labelled_grid, turntable_cameras
 
 
 def test_image_grid_layout_and_values() -> None:

@@ -1,7 +1,7 @@
 """Two CPU processes with gloo: gradients are averaged, prompts are sharded, rank 0 alone writes.
 
 Each worker first runs three steps with the trainer's own building blocks and dumps its weights (so the
-test can compare ranks), then runs :func:`att3d.train.train` end to end in the same process group.
+test can compare ranks), then runs :func:`att3d.training.loop.train` end to end in the same process group.
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ from safetensors.torch import load_file, save_file
 from att3d.checkpoint import load_checkpoint, load_tensors
 from att3d.config import TrainConfig, load_config
 from att3d.priors.base import DiffusionPrior, eps_from_sample, guided
-from att3d.train import (
-    TRAIN_STATE_FILE,
-    forward_backward,
-    init_distributed,
-    list_checkpoints,
-    setup_run,
-    train,
-    wrap_ddp,
-)
+from att3d.training.distributed import init_distributed, wrap_ddp
+from att3d.training.loop import train
+from att3d.training.run_folder import TRAIN_STATE_FILE, list_checkpoints
+from att3d.training.setup import setup_run
+from att3d.training.step import forward_backward
 
 TEXT_DIM = 8
 PROMPTS = ["a red cube", "a blue cone", "a green ball", "a gray torus"]
@@ -124,7 +120,7 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     # Diffuse shading: the renderer calls the DDP-wrapped field several times (normals) before one backward.
     config = _config("steps=3", "albedo_steps=0", "model.render.image_size=8")
     run = setup_run(config, Path(tmp) / "manual", info, prior, ToyEncoder())
-    wrap_ddp(run)
+    run.model = wrap_ddp(run.field, info)
     for step in range(3):
         forward_backward(run, step)
         run.optimizer.step()
@@ -164,7 +160,7 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     assert w0.keys() == w1.keys()
     for name in w0:
         assert torch.equal(w0[name], w1[name]), f"ranks disagree on {name}"
-    from att3d.train import build_field
+    from att3d.training.setup import build_field
 
     fresh = build_field(initial, seed=0, device=torch.device("cpu")).state_dict()
     assert not torch.equal(fresh["bases.tables.0"], w0["bases.tables.0"])  # training did move the weights
