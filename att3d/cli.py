@@ -180,7 +180,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory."
 
 
 def _write(mesh, path: Path) -> None:
-    from att3d.mesh import write_mesh
+    from att3d.meshing.export import write_mesh
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_mesh(mesh, path)
