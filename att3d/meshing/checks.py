@@ -10,6 +10,7 @@ GRID_QUERIES = ("coarse_to_fine", "dense")
 
 
 def check_mesh_config(config: MeshConfig, bound: float) -> None:
+    """Raise ``ConfigError`` naming every out-of-range ``mesh.*`` value (and a non-positive ``bound``)."""
     problems = []
     if config.resolution < 2:
         problems.append(f"mesh.resolution must be >= 2, got {config.resolution}")

@@ -10,6 +10,7 @@ class NoSurfaceError(ValueError):
 
 
 def no_surface_error(density: np.ndarray, threshold: float, where: str) -> NoSurfaceError:
+    """The error for a ``density`` grid with no sample above ``threshold``, naming the grid and its max."""
     return NoSurfaceError(
         f"no surface found: max density {float(density.max()):.4g} on the {where} does not exceed "
         f"the threshold {threshold:.4g} (mesh.density_threshold)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from dataclasses import replace
@@ -14,7 +15,7 @@ from meshing_fields import CONFIG, away_from_seam, expected_rgba, sphere_field
 from PIL import Image
 
 from att3d.meshing.dense import extract_mesh
-from att3d.meshing.export import mesh_format, mesh_to_bytes, write_mesh
+from att3d.meshing.export import frames_zip, mesh_format, mesh_to_bytes, write_mesh
 
 from gltf_validator import ERROR, assert_valid_glb, messages, validate_glb
 
@@ -126,3 +127,24 @@ def test_written_files_hold_exactly_the_serialized_bytes(tmp_path, sphere_mesh):
         assert write_mesh(sphere_mesh, path) == [path]
         # Serialization is deterministic (the zip carries fixed timestamps), so bytes compare exactly.
         assert path.read_bytes() == mesh_to_bytes(sphere_mesh, mesh_format(path))
+
+
+@pytest.mark.parametrize("fmt", ["glb", "obj"])
+def test_frames_zip_holds_one_entry_per_frame_and_the_weights(fmt):
+    meshes = [trimesh.creation.box(), trimesh.creation.icosphere(subdivisions=1)]
+    walk = [(1.0, 0.0), (0.25, 0.75)]
+    with zipfile.ZipFile(io.BytesIO(frames_zip(meshes, fmt, ["a cube", "a ball"], walk))) as archive:
+        manifest = json.loads(archive.read("frames.json"))
+        if fmt == "obj":  # an OBJ frame is several files: one folder per frame
+            assert archive.read("frame_001/mesh.obj") == zipfile.ZipFile(
+                io.BytesIO(mesh_to_bytes(meshes[1], "obj"))
+            ).read("mesh.obj")
+            paths = ["frame_000/", "frame_001/"]
+        else:
+            assert archive.read("frame_001.glb") == mesh_to_bytes(meshes[1], "glb")
+            paths = ["frame_000.glb", "frame_001.glb"]
+    assert manifest == {
+        "prompts": ["a cube", "a ball"],
+        "format": fmt,
+        "frames": [{"path": p, "weights": list(w)} for p, w in zip(paths, walk, strict=True)],
+    }
