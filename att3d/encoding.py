@@ -108,27 +108,3 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return interpolate_levels(list(self.tables), x, self.resolutions, self.table_sizes)
-
-
-def tcnn_available() -> bool:
-    """Whether tiny-cuda-nn imports and a CUDA device is present (never imported at module top)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import tinycudann  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_backend(config: EncodingConfig) -> str:
-    """The backend ``config.backend`` selects here: ``torch`` or ``tcnn``."""
-    if config.backend == "torch":
-        return "torch"
-    if config.backend == "tcnn":
-        if not tcnn_available():
-            raise RuntimeError("encoding.backend=tcnn but tinycudann is not importable on a CUDA device")
-        return "tcnn"
-    if config.backend == "auto":
-        return "tcnn" if tcnn_available() else "torch"
-    raise ValueError(f"encoding.backend must be torch, tcnn or auto, got {config.backend!r}")

@@ -3,7 +3,8 @@
 ``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
 was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
 is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
-(``att3d.fast_inference``; ``MeshConfig.grid_query=dense`` queries every sample) -> marching cubes.
+(``att3d.meshing.mesher`` picks the path; ``MeshConfig.grid_query=dense`` queries every sample) -> marching
+cubes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
-from att3d.fast_inference import FastInferenceOptions, FastMesher
 from att3d.field import AmortizedField, PromptField
-from att3d.mesh import NoSurfaceError, extract_mesh
+from att3d.meshing.errors import NoSurfaceError
+from att3d.meshing.mesher import mesh_embeddings
 from att3d.text import TextEncoder, get_text_encoder, validate_prompt
 
 ASSETS = Path(__file__).parent / "assets"
@@ -149,17 +150,12 @@ class Generator:
         """Mesh of the field conditioned on ``embedding [D]`` (``mesh_config.grid_query`` picks the path)."""
         config = mesh_config or self.config.mesh
         check_resolution(config.resolution)
-        if uses_coarse_to_fine(config):
-            # One prompt alone through the batched mesher: the result depends on nothing but this request.
-            options = FastInferenceOptions(chunk_points=config.chunk_points)
-            mesher = FastMesher(self.field, config, options, device=self.device)
-            mesh = mesher.meshes(embedding.to(self.device)[None], return_exceptions=True)[0]
-            if isinstance(mesh, NoSurfaceError):
-                raise mesh
-            return mesh
-        return extract_mesh(
-            self.prompt_field(embedding), config, bound=self.config.field.bound, device=self.device
-        )
+        # One prompt alone through the mesher: the result depends on nothing but this request.
+        embeddings = embedding.to(self.device)[None]
+        mesh = mesh_embeddings(self.field, embeddings, config, self.device, return_exceptions=True)[0]
+        if isinstance(mesh, NoSurfaceError):
+            raise mesh
+        return mesh
 
     def generate(self, prompt: str, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
         """Prompt -> mesh."""
@@ -176,15 +172,6 @@ class Generator:
             "parameters": sum(p.numel() for p in self.field.parameters()),
             "config": to_dict(self.config),
         }
-
-
-def uses_coarse_to_fine(config: MeshConfig) -> bool:
-    """Whether ``Generator.mesh`` queries coarse-to-fine for ``config`` (``MeshConfig.grid_query``)."""
-    return (
-        config.grid_query == "coarse_to_fine"
-        and config.texture == "vertex"
-        and config.marching_cubes != "skimage"
-    )
 
 
 def check_resolution(resolution: int) -> int:

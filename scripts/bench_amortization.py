@@ -651,7 +651,7 @@ def summarize(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def time_new_object(checkpoint: Path, prompts: Sequence[str], device: str) -> dict[str, Any]:
     """Median seconds of ``Generator.generate`` (embedding -> field -> mesh) on held-out prompts."""
     from att3d.generate import Generator
-    from att3d.mesh import NoSurfaceError
+    from att3d.meshing.errors import NoSurfaceError
 
     generator = Generator.from_checkpoint(checkpoint, device=device)
     generator.embed(list(prompts))  # fill the text cache: the timing is of the model, not the encoder load

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from att3d.generate import Generator
-from att3d.mesh import GRID_QUERIES, mesh_to_bytes
+from att3d.meshing.checks import GRID_QUERIES
+from att3d.meshing.export import mesh_to_bytes
 
 
 def main() -> None:

@@ -11,12 +11,13 @@ or on the CPU, small sizes only (what tests/test_gpu_bench.py runs)::
 
 It prints ONE table (and writes it to ``--out``, rewritten after every section so partial results survive):
 
-- **prompt → GLB**: text embedding → mesh → GLB bytes with ``att3d.fast_inference.FastMesher`` at 128³ and
-  256³, batches of 1, 8 and 32, p50/p95 latency per batch over >= ``--prompts`` prompts and meshes/s; plus
-  the reference path (``att3d.mesh.extract_mesh`` with scikit-image, one prompt at a time) at 128³, and
-  FastMesher's coarse-to-fine block sizes (``block``, ``coarse_block``) against querying every sample;
+- **prompt → GLB**: text embedding → mesh → GLB bytes with ``att3d.meshing.coarse_to_fine.CoarseToFineMesher``
+  at 128³ and 256³, batches of 1, 8 and 32, p50/p95 latency per batch over >= ``--prompts`` prompts and
+  meshes/s; plus the reference path (``att3d.meshing.dense.extract_mesh`` with scikit-image, one prompt at a
+  time) at 128³, and CoarseToFineMesher's block sizes (``block``, ``coarse_block``) against querying every
+  sample;
 - **precision**: occupancy IoU of the float16/bfloat16 query against float32 on a dense grid;
-- **marching cubes**: ``att3d.marching_cubes`` on the device vs scikit-image on the host, same grid;
+- **marching cubes**: ``att3d.meshing.marching_cubes`` on the device vs scikit-image on the host, same grid;
 - **training**: one ShapesWorld step (render + SDS with the bundled prior, random weights if none is
   bundled, + Adam); one SDS step at batch 8 × 64×64 renders in fp16 with randomly initialized full-size
   Stable Diffusion 2.1 (UNet + VAE, configs below) and DeepFloyd IF-I-XL (UNet), alone and as part of a
@@ -424,8 +425,8 @@ class Context:
 
 
 def section_environment(ctx: Context) -> list[Row]:
-    from att3d.backends import nvdiffrast_status, tcnn_status
-    from att3d.encoding import resolve_backend
+    from att3d.meshing.cuda_extensions import nvdiffrast_status, tcnn_status
+    from att3d.meshing.query import resolve_implementation
 
     name = (
         torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor() or "CPU"
@@ -435,22 +436,22 @@ def section_environment(ctx: Context) -> list[Row]:
     )
     notes = (
         f"torch {torch.__version__}, python {platform.python_version()}, "
-        f"grid backend {resolve_backend(ctx.field.config.encoding)}; "
+        f"grid backend {resolve_implementation(ctx.field.config.encoding.backend)}; "
         f"tcnn: {tcnn_status() or 'available'}; nvdiffrast: {nvdiffrast_status() or 'available'}"
     )
     return [Row("environment", f"{name} {cap}".strip(), notes=notes)]
 
 
 def section_glb_latency(ctx: Context) -> list[Row]:
-    """Prompt → GLB bytes through FastMesher, per resolution and batch size."""
+    """Prompt → GLB bytes through CoarseToFineMesher, per resolution and batch size."""
     from att3d.config import MeshConfig
-    from att3d.fast_inference import FastInferenceOptions, FastMesher
-    from att3d.mesh import mesh_to_bytes
+    from att3d.meshing.coarse_to_fine import CoarseToFineMesher, CoarseToFineOptions
+    from att3d.meshing.export import mesh_to_bytes
 
     rows = []
     for resolution in ctx.sizes.resolutions:
         config = MeshConfig(resolution=resolution, coarse_resolution=ctx.sizes.coarse_resolution)
-        mesher = FastMesher(ctx.field, config, FastInferenceOptions(compile=ctx.compile), ctx.device)
+        mesher = CoarseToFineMesher(ctx.field, config, CoarseToFineOptions(compile=ctx.compile), ctx.device)
         for batch in ctx.sizes.batches:
             if ctx.clock.left() < 20:
                 rows.append(
@@ -506,7 +507,8 @@ def section_glb_latency(ctx: Context) -> list[Row]:
 def section_reference(ctx: Context) -> list[Row]:
     """The reference path for comparison: extract_mesh (scikit-image) + GLB, one prompt at a time."""
     from att3d.config import MeshConfig
-    from att3d.mesh import extract_mesh, mesh_to_bytes
+    from att3d.meshing.dense import extract_mesh
+    from att3d.meshing.export import mesh_to_bytes
 
     resolution = ctx.sizes.resolutions[0]
     config = MeshConfig(
@@ -542,7 +544,7 @@ def section_reference(ctx: Context) -> list[Row]:
 def section_precision(ctx: Context) -> list[Row]:
     """Occupancy IoU of reduced-precision queries against float32 on a dense grid over the scene box."""
     from att3d.config import MeshConfig
-    from att3d.fast_inference import TorchBatchQuery, query_chunked
+    from att3d.meshing.query import TorchBatchQuery, query_chunked
 
     n = ctx.sizes.precision_resolution
     prompts = ctx.embeddings[: ctx.sizes.precision_prompts].to(ctx.device)
@@ -572,10 +574,10 @@ def section_precision(ctx: Context) -> list[Row]:
 
 
 def section_marching_cubes(ctx: Context) -> list[Row]:
-    """att3d.marching_cubes on the device vs scikit-image on the host, same grid (a wavy sphere)."""
+    """att3d.meshing.marching_cubes on the device vs scikit-image on the host, same grid (a wavy sphere)."""
     from skimage.measure import marching_cubes as skimage_marching_cubes
 
-    from att3d.marching_cubes import marching_cubes
+    from att3d.meshing.marching_cubes import marching_cubes
 
     n = ctx.sizes.mc_resolution
     axis = torch.linspace(-1, 1, n, device=ctx.device)
@@ -764,10 +766,10 @@ def section_deepfloyd(ctx: Context) -> list[Row]:
 
 
 def section_grid_backends(ctx: Context) -> list[Row]:
-    """tiny-cuda-nn vs the PyTorch grid in FastMesher (only where tinycudann is usable)."""
-    from att3d.backends import tcnn_status
+    """tiny-cuda-nn vs the PyTorch grid in CoarseToFineMesher (only where tinycudann is usable)."""
     from att3d.config import MeshConfig
-    from att3d.fast_inference import FastInferenceOptions, FastMesher
+    from att3d.meshing.coarse_to_fine import CoarseToFineMesher, CoarseToFineOptions
+    from att3d.meshing.cuda_extensions import tcnn_status
 
     reason = tcnn_status()
     if reason is not None:
@@ -778,8 +780,8 @@ def section_grid_backends(ctx: Context) -> list[Row]:
     original = encoding.backend
     try:
         for backend in ("torch", "tcnn"):
-            encoding.backend = backend  # build_query reads it on every call
-            mesher = FastMesher(ctx.field, config, FastInferenceOptions(), ctx.device)
+            encoding.backend = backend  # BatchFieldQuery reads it on every meshes() call
+            mesher = CoarseToFineMesher(ctx.field, config, CoarseToFineOptions(), ctx.device)
             mesher.meshes(ctx.embeddings[:1])
             times = [
                 timed(lambda i=i, m=mesher: m.meshes(ctx.embeddings[i : i + 1]), ctx.device)
@@ -797,15 +799,15 @@ def section_grid_backends(ctx: Context) -> list[Row]:
 
 
 def section_blocks(ctx: Context) -> list[Row]:
-    """FastMesher's coarse-to-fine block sizes against querying every sample (which wins on this device)."""
+    """CoarseToFineMesher's block sizes against querying every sample (which wins on this device)."""
     from att3d.config import MeshConfig
-    from att3d.fast_inference import FastInferenceOptions, FastMesher
+    from att3d.meshing.coarse_to_fine import CoarseToFineMesher, CoarseToFineOptions
 
     config = MeshConfig(resolution=ctx.sizes.resolutions[0], coarse_resolution=ctx.sizes.coarse_resolution)
     rows = []
     for block, coarse_block in ((4, 4), (4, 1), (1, 1)):
-        options = FastInferenceOptions(block=block, coarse_block=coarse_block, compile=ctx.compile)
-        mesher = FastMesher(ctx.field, config, options, ctx.device)
+        options = CoarseToFineOptions(block=block, coarse_block=coarse_block, compile=ctx.compile)
+        mesher = CoarseToFineMesher(ctx.field, config, options, ctx.device)
         mesher.meshes(ctx.embeddings[:1])
         times = [
             timed(lambda i=i, m=mesher: m.meshes(ctx.embeddings[i : i + 1]), ctx.device) for i in range(10)

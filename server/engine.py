@@ -20,9 +20,10 @@ product rounds differently from a single-row one (measured: MiniLM rows differ b
 on 2 CPU threads), and the result for a request must not depend on which requests arrived with it.
 
 With ``mesher="batched"`` the batch does share one forward pass: the meshes of all its requests with the
-same model and resolution come from one ``att3d.fast_inference.FastMesher`` call (one batched field query,
-one stacked marching cubes). Results then equal the unbatched ones only up to float rounding (vertex
-positions within ~1e-5), which is the price of the GPU throughput; the default ``per_request`` keeps bytes.
+same model, resolution and texture come from one ``att3d.meshing.mesher.mesh_embeddings`` call (on the
+default coarse-to-fine path: one batched field query, one stacked marching cubes). Results then equal the
+unbatched ones only up to float rounding (vertex positions within ~1e-5), which is the price of the GPU
+throughput; the default ``per_request`` keeps bytes.
 
 Failures stay with their request: an exception (CUDA out of memory included) fails that request's future,
 memory is released, and the worker goes on with the next request.
@@ -35,13 +36,11 @@ import ctypes
 import dataclasses
 import gc
 import hashlib
-import io
 import json
 import logging
 import math
 import threading
 import time
-import zipfile
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
@@ -51,9 +50,13 @@ from typing import Any
 
 import torch
 
+from att3d.config import MeshConfig
 from att3d.devices import resolve_device
 from att3d.generate import Generator
-from att3d.mesh import NoSurfaceError, mesh_to_bytes
+from att3d.meshing.coarse_to_fine import CoarseToFineOptions
+from att3d.meshing.errors import NoSurfaceError
+from att3d.meshing.export import frames_zip, mesh_to_bytes
+from att3d.meshing.mesher import mesh_embeddings
 from server.metrics import Metrics
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE
 from server.settings import ServerSettings
@@ -447,29 +450,29 @@ class Engine:
             self._mesh_batched(live, embed_seconds)
         else:
             for task in live:
-                self._run_task(task, partial(self._render, task.spec), embed_seconds[task.key])
+                self._run_task(task, partial(self._mesh_bytes, task.spec), embed_seconds[task.key])
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         _release_freed_memory()
 
     def _mesh_batched(self, tasks: list[_Task], embed_seconds: dict[str, float]) -> None:
-        """``mesher="batched"``: one ``FastMesher`` pass per group of tasks with the same model and grid.
+        """``mesher="batched"``: one ``mesh_embeddings`` pass per group of tasks with the same model and
+        mesh config.
 
         If a group's batched pass fails (out of memory, a bad field), each of its tasks is meshed alone
         by the same path, so that only the request that fails reports an error.
         """
-        groups: dict[tuple[str, int], list[_Task]] = {}
+        groups: dict[tuple[str, int, str], list[_Task]] = {}
         for task in tasks:
-            generator = self._generators.get(task.spec.model)
-            if generator is None or task.spec.texture != "vertex":  # UV: unwrap and bake on the host anyway
-                self._run_task(task, partial(self._render, task.spec), embed_seconds[task.key])
+            if task.spec.model not in self._generators:  # reports the missing model
+                self._run_task(task, partial(self._mesh_bytes, task.spec), embed_seconds[task.key])
             else:
-                groups.setdefault((task.spec.model, task.spec.resolution), []).append(task)
-        for (model, resolution), group in groups.items():
+                groups.setdefault((task.spec.model, task.spec.resolution, task.spec.texture), []).append(task)
+        for (model, _, _), group in groups.items():
             generator = self._generators[model]
             started = time.perf_counter()
             try:
-                meshes = _fast_meshes(generator, group, resolution)
+                meshes = _batch_meshes(generator, group)
             except Exception as err:
                 logger.warning(
                     "batched meshing of %d requests failed (%s); meshing each alone", len(group), err
@@ -477,12 +480,12 @@ class Engine:
                 del err
                 _free_memory()
                 for task in group:
-                    render = partial(_encode_fast, generator, task, resolution)
+                    render = partial(_mesh_bytes_alone, generator, task)
                     self._run_task(task, render, embed_seconds[task.key])
                 continue
             share = (time.perf_counter() - started) / len(group)
             for task, task_meshes in zip(group, meshes, strict=True):
-                render = partial(_encode, task.spec, task_meshes)
+                render = partial(_response_body, task.spec, task_meshes)
                 self._run_task(task, render, embed_seconds[task.key] + share)
 
     def _run_task(self, task: _Task, render: Callable[[], tuple[bytes, str]], spent_s: float = 0.0) -> None:
@@ -513,15 +516,16 @@ class Engine:
         self.metrics.cache_entries.set(len(self.cache))
         self._finish(task, result=result)
 
-    def _render(self, spec: MeshSpec) -> tuple[bytes, str]:
-        """``mesher="per_request"``: ``Generator.mesh`` per mesh, exactly as the CLI does."""
+    def _mesh_bytes(self, spec: MeshSpec) -> tuple[bytes, str]:
+        """``mesher="per_request"``: the response body (GLB/PLY/OBJ bytes or a frames zip) and its media
+        type, from ``Generator.mesh`` per mesh, exactly as the CLI does."""
         generator = self._generators.get(spec.model)
         if generator is None:
             raise GenerationError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
-        config = dataclasses.replace(generator.config.mesh, resolution=spec.resolution, texture=spec.texture)
+        config = _mesh_config(generator, spec)
         with torch.no_grad():
             meshes = [generator.mesh(generator.blend(list(spec.prompts), list(w)), config) for w in spec.walk]
-        return _encode(spec, meshes)
+        return _response_body(spec, meshes)
 
     def _finish(
         self, task: _Task, result: GenerationResult | None = None, error: Exception | None = None
@@ -538,61 +542,51 @@ class Engine:
                 task.future.set_result(result)  # type: ignore[arg-type]
 
 
-def _encode(spec: MeshSpec, meshes: list[Any]) -> tuple[bytes, str]:
-    """Response body and media type for the meshes of ``spec`` (one per ``walk`` entry).
+def _mesh_config(generator: Generator, spec: MeshSpec) -> MeshConfig:
+    """The model's mesh config at the request's resolution and texture."""
+    return dataclasses.replace(generator.config.mesh, resolution=spec.resolution, texture=spec.texture)
 
-    A frames request becomes a zip of ``frame_000.<ext>`` ... plus ``frames.json`` with each frame's
-    weights; an OBJ frame is itself several files, so it goes into a folder ``frame_000/`` instead.
-    An entry that is an exception (a frame with no surface) is raised.
-    """
+
+def _response_body(spec: MeshSpec, meshes: list[Any]) -> tuple[bytes, str]:
+    """Response body and media type for the meshes of ``spec`` (one per ``walk`` entry): the mesh itself,
+    or for a frames request the zip of ``att3d.meshing.export.frames_zip``. An entry that is an exception
+    (a frame with no surface) is raised."""
     for mesh in meshes:
         if isinstance(mesh, Exception):
             raise mesh
     if not spec.frames:
         return mesh_to_bytes(meshes[0], spec.format), MEDIA_TYPES[spec.format]
-    buffer = io.BytesIO()
-    index = []
-    # Level 1: mesh floats barely compress, so a higher level costs time for nothing.
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for i, (weights, mesh) in enumerate(zip(spec.walk, meshes, strict=True)):
-            data = mesh_to_bytes(mesh, spec.format)
-            stem = f"frame_{i:03d}"
-            if spec.format == "obj":
-                with zipfile.ZipFile(io.BytesIO(data)) as inner:
-                    for name in inner.namelist():
-                        archive.writestr(f"{stem}/{name}", inner.read(name))
-                index.append({"path": f"{stem}/", "weights": list(weights)})
-            else:
-                archive.writestr(f"{stem}.{spec.format}", data)
-                index.append({"path": f"{stem}.{spec.format}", "weights": list(weights)})
-        manifest = {"prompts": list(spec.prompts), "format": spec.format, "frames": index}
-        archive.writestr("frames.json", json.dumps(manifest, indent=2) + "\n")
-    return buffer.getvalue(), ZIP_MEDIA_TYPE
+    return frames_zip(meshes, spec.format, spec.prompts, spec.walk), ZIP_MEDIA_TYPE
 
 
-def _fast_meshes(generator: Generator, tasks: list[_Task], resolution: int) -> list[list[Any]]:
-    """Every mesh of ``tasks`` from one ``att3d.fast_inference.FastMesher`` pass: per task, its meshes
-    (or the ``NoSurfaceError`` of a frame without surface)."""
-    from att3d.fast_inference import FastMesher  # only the batched mesher needs it
-
-    config = dataclasses.replace(generator.config.mesh, resolution=resolution, texture="vertex")
+def _batch_meshes(generator: Generator, tasks: list[_Task]) -> list[list[Any]]:
+    """Every mesh of ``tasks`` (same model, resolution and texture) from one ``mesh_embeddings`` pass: per
+    task, its meshes (or the ``NoSurfaceError`` of a frame without surface)."""
+    config = _mesh_config(generator, tasks[0].spec)
     embeddings, owner = [], []
     with torch.no_grad():
         for i, task in enumerate(tasks):
             for weights in task.spec.walk:
                 embeddings.append(generator.blend(list(task.spec.prompts), list(weights)))
                 owner.append(i)
-        mesher = FastMesher(generator.field, config, device=generator.device)
-        meshes = mesher.meshes(torch.stack(embeddings), return_exceptions=True)
+        # The coarse-to-fine defaults (larger query chunks than mesh.chunk_points): GPU throughput.
+        meshes = mesh_embeddings(
+            generator.field,
+            torch.stack(embeddings),
+            config,
+            generator.device,
+            options=CoarseToFineOptions(),
+            return_exceptions=True,
+        )
     per_task: list[list[Any]] = [[] for _ in tasks]
     for i, mesh in zip(owner, meshes, strict=True):
         per_task[i].append(mesh)
     return per_task
 
 
-def _encode_fast(generator: Generator, task: _Task, resolution: int) -> tuple[bytes, str]:
+def _mesh_bytes_alone(generator: Generator, task: _Task) -> tuple[bytes, str]:
     """One task through the batched mesher on its own (the fallback after a failed group)."""
-    return _encode(task.spec, _fast_meshes(generator, [task], resolution)[0])
+    return _response_body(task.spec, _batch_meshes(generator, [task])[0])
 
 
 def _classify(err: Exception) -> GenerationError:

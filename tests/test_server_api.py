@@ -19,7 +19,7 @@ from server_fakes import (
     tiny_generator,
 )
 
-from att3d.mesh import mesh_to_bytes
+from att3d.meshing.export import mesh_to_bytes
 
 RES = 16  # the smallest resolution: each mesh takes a fraction of a second
 

@@ -19,7 +19,7 @@ from server_fakes import (
 )
 
 from att3d.generate import Generator
-from att3d.mesh import mesh_to_bytes
+from att3d.meshing.export import mesh_to_bytes
 from server.engine import Engine, GenerationResult, MeshSpec, QueueFull, ResultCache
 
 RES = 16
@@ -265,17 +265,17 @@ def test_result_cache_is_an_lru_bounded_in_bytes():
     assert ResultCache(0).get("a") is None
 
 
-# ---- mesher="batched": one FastMesher pass per micro-batch ---------------------------------------------
+# ---- mesher="batched": one CoarseToFineMesher pass per micro-batch -------------------------------------
 
 
 class MesherCalls:
-    """Records the batch size of every ``FastMesher.meshes`` call; optionally fails some of them."""
+    """Records the batch size of every ``CoarseToFineMesher.meshes`` call; optionally fails some of them."""
 
     def __init__(self, monkeypatch, fail=None) -> None:
-        from att3d.fast_inference import FastMesher
+        from att3d.meshing.coarse_to_fine import CoarseToFineMesher
 
         self.sizes: list[int] = []
-        original = FastMesher.meshes
+        original = CoarseToFineMesher.meshes
         calls = self
 
         def meshes(mesher, embeddings, return_exceptions=False):
@@ -284,7 +284,7 @@ class MesherCalls:
                 fail(embeddings)
             return original(mesher, embeddings, return_exceptions)
 
-        monkeypatch.setattr(FastMesher, "meshes", meshes)
+        monkeypatch.setattr(CoarseToFineMesher, "meshes", meshes)
 
 
 def test_batched_mesher_meshes_a_batch_in_one_pass(env, monkeypatch):

@@ -71,7 +71,7 @@ def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConf
 
 def write_mesh_file(mesh, path: Path) -> None:
     """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders."""
-    from att3d.mesh import write_mesh
+    from att3d.meshing.export import write_mesh
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_mesh(mesh, path)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # keeps `att3d --help` from importing torch
     from att3d.cameras import Cameras
     from att3d.config import RenderConfig
     from att3d.generate import Generator
-    from att3d.mesh import QueryFn
+    from att3d.meshing.query import QueryFn
     from att3d.shapes.classifier import ShapesClassifier
     from att3d.shapes.eval_cases import EvalCase
     from att3d.shapes.world import ShapeObject

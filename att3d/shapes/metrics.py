@@ -29,7 +29,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from att3d.mesh import QueryFn
+from att3d.meshing.query import QueryFn
 from att3d.shapes.render import sdf_normals
 from att3d.shapes.world import COLORS, ShapeObject, parse_prompt
 

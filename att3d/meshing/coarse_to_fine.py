@@ -1,10 +1,12 @@
-"""Batched inference on the device: prompts → meshes, with only the final meshes crossing to the host.
+"""Coarse-to-fine mesh extraction, the default path: prompts → meshes on the device, only the final meshes
+crossing to the host.
 
-:func:`att3d.mesh.extract_mesh` meshes one field at a time and moves every grid to the host. Here a batch of
-``P`` embeddings goes through the same grids in a handful of device passes:
+:func:`att3d.meshing.dense.extract_mesh` (the reference) meshes one field at a time and moves every grid
+to the host. Here a batch of ``P`` embeddings goes through the same grids in a handful of device passes:
 
 1. **materialize once**: the mixing weights ``v(c)`` and the per-prompt grids ``W2 v(c)``
-   (:meth:`AmortizedField.mixed_tables`) for the whole batch, stored in the query precision;
+   (:meth:`AmortizedField.mixed_tables`) for the whole batch, stored in the query precision
+   (``att3d.meshing.query``);
 2. **coarse pass**: the ``coarse_resolution^3`` grid over the scene box, refined as in 3. (``coarse_block``),
    for all prompts at once; per prompt the occupied box and the fine grid, as ``extract_mesh`` chooses them;
 3. **coarse-to-fine**: every ``block``-th fine sample (the block corners) is queried first; blocks whose
@@ -13,11 +15,11 @@
    block's corners, which stays on the corners' side of the level, so no surface appears there. A surface
    can only be missed where a whole feature fits between the corners of inactive blocks (thinner than a
    block and away from any active block); ``block=1`` queries the full fine grid, ``coarse_block=1`` the
-   full coarse grid.
+   full coarse grid (the blocks: ``att3d.meshing.grid``).
 4. **one marching cubes for the batch**: the fine volumes, each padded with empty space as ``extract_mesh``
    does, are stacked along x into one grid (the empty layers keep them apart) and meshed with
-   :func:`att3d.marching_cubes.marching_cubes`; vertex albedo (one query) and vertex normals are computed
-   on the device;
+   :func:`att3d.meshing.marching_cubes.marching_cubes`; vertex albedo (one query) and vertex normals are
+   computed on the device;
 5. floaters are dropped on the device (``min_component_fraction``, the same rule as ``extract_mesh``,
    with a union-find over the vertex graph); on the **host** the meshes are split per prompt and wrapped
    as coloured ``trimesh.Trimesh`` objects.
@@ -34,38 +36,38 @@ CPU it was measured 4x slower).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
 from att3d.config import MeshConfig
-from att3d.encoding import interpolation_plan, resolve_backend
 from att3d.field import AmortizedField
-from att3d.marching_cubes import marching_cubes
-from att3d.mesh import (
-    NoSurfaceError,
-    check_mesh_config,
-    extract_mesh,
+from att3d.meshing.checks import check_mesh_config
+from att3d.meshing.components import keep_large_components
+from att3d.meshing.errors import NoSurfaceError, no_surface_error
+from att3d.meshing.grid import (
+    BlockGrid,
+    BlockRefinement,
+    active_blocks,
+    axis_blocks,
+    block_corners,
     fine_grid,
-    no_surface_error,
     occupied_box,
+    product_index,
+    upsample_corners,
 )
-
-BatchQuery = Callable[[Tensor, Sequence[int]], tuple[Tensor, Tensor]]
-"""``query(points [N, 3], counts)`` → density ``[N]`` (float32), albedo ``[N, 3]``; the points are
-``len(counts)`` contiguous runs, run ``p`` (``counts[p]`` points) belonging to prompt ``p`` of the batch."""
+from att3d.meshing.marching_cubes import marching_cubes
+from att3d.meshing.query import BatchFieldQuery, BatchQuery, query_chunked
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
-class FastInferenceOptions:
-    """How :class:`FastMesher` trades accuracy for speed (the grids themselves come from ``MeshConfig``)."""
+class CoarseToFineOptions:
+    """How :class:`CoarseToFineMesher` trades accuracy for speed (the grids come from ``MeshConfig``)."""
 
     dtype: str = "auto"
     """Precision of the mixed grids and the MLP head: ``float32``, ``bfloat16``, ``float16`` or ``auto``
@@ -110,240 +112,8 @@ class FastInferenceOptions:
             raise ValueError("; ".join(problems))
 
 
-# --------------------------------------------------------------------------------------------------
-# Batched field queries
-# --------------------------------------------------------------------------------------------------
-
-
-class TorchBatchQuery:
-    """Pure-PyTorch query of ``P`` materialized prompt grids at once (one gather per level).
-
-    Each prompt's grid sits in its own slice of one table per level, so a point's corner indices are offset
-    by ``prompt * table_size``, as in :func:`att3d.encoding.interpolate_levels` for batched tables.
-    """
-
-    def __init__(self, field: AmortizedField, embeddings: Tensor, dtype: torch.dtype, compile: bool = False):
-        if field.training:
-            raise ValueError("the field must be in eval mode (training mode updates spectral-norm state)")
-        self.field = field
-        self.dtype = dtype
-        with torch.no_grad():
-            tables = field.mixed_tables(field.mixing_weights(embeddings))  # [P, T_l, F] per level
-        self.tables = [t.reshape(-1, t.shape[-1]).to(dtype).contiguous() for t in tables]
-        self.num_prompts = embeddings.shape[0]
-        forward = self._forward
-        if compile and embeddings.device.type == "cuda":
-            forward = torch.compile(forward, dynamic=True)
-        self._compiled = forward
-
-    def _forward(self, points: Tensor, prompt: Tensor) -> tuple[Tensor, Tensor]:
-        config = self.field.config
-        x = (points + config.bound) / (2.0 * config.bound)
-        features = []
-        for resolution, size, table in zip(
-            self.field.bases.resolutions, self.field.bases.table_sizes, self.tables, strict=True
-        ):
-            index, weight = interpolation_plan(x, resolution, size)
-            index = index + (prompt * size)[:, None]
-            corners = table.index_select(0, index.reshape(-1)).view(*index.shape, -1)
-            # Accumulate in float32 whatever the storage precision (bmm: ~3x faster than mul + sum on CPU).
-            features.append(torch.bmm(weight[:, None, :], corners.float())[:, 0])
-        return evaluate_head(self.field, torch.cat(features, dim=-1), points, self.dtype)
-
-    @torch.no_grad()
-    def __call__(self, points: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
-        if len(counts) != self.num_prompts:
-            raise ValueError(f"got {len(counts)} point runs for {self.num_prompts} prompts")
-        prompt = torch.repeat_interleave(
-            torch.arange(len(counts), device=points.device), torch.as_tensor(counts, device=points.device)
-        )
-        return self._compiled(points, prompt)
-
-
-def evaluate_head(
-    field: AmortizedField, features: Tensor, points: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """The field's MLP head on grid ``features [N, L*F]``, in float32 out whatever ``dtype``.
-
-    In reduced precision, autocast runs the head's matmuls in ``dtype``; the density blob, the density
-    activation and the outputs stay float32 (the iso-level test needs them).
-    """
-    if dtype == torch.float32:
-        return field.head(features.float(), points)
-    with torch.autocast(points.device.type, dtype=dtype):
-        density, albedo = field.head(features.float(), points)
-    return density.float(), albedo.float()
-
-
-def build_query(
-    field: AmortizedField, embeddings: Tensor, dtype: torch.dtype, compile: bool = False
-) -> BatchQuery:
-    """The fastest available query for ``field`` conditioned on ``embeddings [P, D]``.
-
-    ``encoding.backend`` decides: tiny-cuda-nn (one fused kernel per level and prompt, see
-    ``att3d.backends``) when it resolves to ``tcnn``, else :class:`TorchBatchQuery`.
-    """
-    if resolve_backend(field.config.encoding) == "tcnn":
-        from att3d.backends import TcnnBatchQuery
-
-        return TcnnBatchQuery(field, embeddings, dtype)
-    return TorchBatchQuery(field, embeddings, dtype, compile=compile)
-
-
-def query_chunked(
-    query: BatchQuery, points: Tensor, counts: Sequence[int], chunk: int
-) -> tuple[Tensor, Tensor]:
-    """``query`` over contiguous runs of points, at most ``chunk`` points per call."""
-    counts = [int(c) for c in counts]
-    if sum(counts) <= chunk:
-        return query(points, counts)
-    densities, albedos = [], []
-    start, run, used = 0, 0, 0  # used: points of run ``run`` already queried
-    while start < len(points):
-        take, pieces = min(chunk, len(points) - start), []
-        remaining = take
-        while remaining > 0:
-            n = min(counts[run] - used, remaining)
-            pieces.append((run, n))
-            remaining -= n
-            used += n
-            if used == counts[run]:
-                run, used = run + 1, 0
-        chunk_counts = [0] * len(counts)
-        for r, n in pieces:
-            chunk_counts[r] += n
-        density, albedo = query(points[start : start + take], chunk_counts)
-        densities.append(density)
-        albedos.append(albedo)
-        start += take
-    return torch.cat(densities), torch.cat(albedos)
-
-
-# --------------------------------------------------------------------------------------------------
-# Coarse-to-fine grids
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Grid:
-    """One prompt's sample grid (the coarse one over the scene box, or the fine one ``extract_mesh`` would
-    use) and its coarse-to-fine blocks."""
-
-    shape: tuple[int, int, int]
-    lo: np.ndarray
-    """World coordinates of the first sample."""
-    voxel: float
-    corners: list[Tensor]
-    """Sample indices of the block corners along each axis (0, block, 2 block, ..., n - 1)."""
-
-    def points(self, index: Tensor) -> Tensor:
-        """World coordinates of samples ``index [N, 3]``."""
-        return _grid_points(self.lo, self.lo + (np.array(self.shape) - 1) * self.voxel, self.shape, index)
-
-
-def _grid_points(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int], index: Tensor) -> Tensor:
-    """Sample ``index [N, 3]`` of the grid from ``lo`` to ``hi``, rounded as ``att3d.mesh.query_grid`` does
-    (so both paths query bit-identical points)."""
-    lo_t = torch.as_tensor(lo, dtype=torch.float32, device=index.device)
-    hi_t = torch.as_tensor(hi, dtype=torch.float32, device=index.device)
-    step = (hi_t - lo_t) / (torch.as_tensor(shape, dtype=torch.float32, device=index.device) - 1)
-    return lo_t + index.to(torch.float32) * step
-
-
-def _block_corners(n: int, block: int, device: torch.device) -> Tensor:
-    corners = list(range(0, n, block))
-    if corners[-1] != n - 1:
-        corners.append(n - 1)
-    return torch.tensor(corners, device=device)
-
-
-def _product_index(axes: Sequence[Tensor]) -> Tensor:
-    """All index triples of the product of three index vectors ``[len0 * len1 * len2, 3]`` (row-major)."""
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
-def _axis_blocks(corners: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per fine sample along one axis: its block (``left``), the block before it when the sample is a
-    shared corner (``right``, else ``left``), and its position ``t`` in ``left``."""
-    samples = torch.arange(n, device=corners.device)
-    left = (torch.searchsorted(corners, samples, right=True) - 1).clamp(max=len(corners) - 2)
-    at_corner = corners[left] == samples
-    right = torch.where(at_corner & (left > 0), left - 1, left)
-    t = (samples - corners[left]).float() / (corners[left + 1] - corners[left]).float()
-    return left, right, t
-
-
-def _active_blocks(corner_values: Tensor, level: float, dilation: int) -> Tensor:
-    """Blocks whose 8 corners are not all on one side of ``level``, grown by ``dilation`` blocks."""
-    inside = (corner_values > level).float()[None, None]
-    most = F.max_pool3d(inside, 2, stride=1)
-    least = -F.max_pool3d(-inside, 2, stride=1)
-    active = (most != least).float()
-    if dilation > 0:
-        active = F.max_pool3d(active, 2 * dilation + 1, stride=1, padding=dilation)
-    return active[0, 0] > 0
-
-
-def _upsample(corner_values: Tensor, blocks: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """Trilinear interpolation of the block-corner values at every fine sample (separable, axis by axis)."""
-    volume = corner_values
-    for axis, (left, _, t) in enumerate(blocks):
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        t = t.view(shape)
-        volume = volume.index_select(axis, left) * (1 - t) + volume.index_select(axis, left + 1) * t
-    return volume
-
-
 _MAX_ROUNDS = 16
 """Rounds of growing the queried region (one or two are typical; the last ones only verify)."""
-
-
-@dataclass
-class _Refinement:
-    """One prompt's coarse-to-fine state: active blocks, queried samples and the current volume."""
-
-    blocks: list[tuple[Tensor, Tensor, Tensor]]
-    """Per axis: ``_axis_blocks`` of the fine samples."""
-    active: Tensor
-    """Active blocks ``[bx, by, bz]``."""
-    queried: Tensor
-    """Fine samples holding a queried value ``[nx, ny, nz]``."""
-    volume: Tensor
-    """Queried values where ``queried``, the block corners' trilinear interpolation elsewhere."""
-
-    def samples(self) -> Tensor:
-        """Fine samples of active blocks (a sample on a block boundary belongs to every block it touches)."""
-        mask = torch.zeros_like(self.queried)
-        for pick in range(8):
-            ix, iy, iz = (self.blocks[axis][pick >> axis & 1] for axis in range(3))
-            mask |= self.active[ix[:, None, None], iy[None, :, None], iz[None, None, :]]
-        return mask
-
-    def update(self, new: Tensor, values: Tensor, level: float) -> None:
-        """Store queried ``values`` at the ``new`` samples; activate the blocks the surface leaks into."""
-        self.volume[new] = torch.nan_to_num(values, nan=0.0, posinf=torch.finfo(torch.float32).max)
-        self.queried |= new
-        inside = self.volume > level
-        leaks = torch.zeros_like(self.queried)
-        for axis in range(3):
-            n = inside.shape[axis] - 1
-            a, b = inside.narrow(axis, 0, n), inside.narrow(axis, 1, n)
-            qa, qb = self.queried.narrow(axis, 0, n), self.queried.narrow(axis, 1, n)
-            crossing = a != b
-            # An interpolated sample next to a queried one on the other side of the level: the true
-            # surface may continue into its blocks.
-            leaks.narrow(axis, 0, n).logical_or_(crossing & ~qa & qb)
-            leaks.narrow(axis, 1, n).logical_or_(crossing & qa & ~qb)
-        index = leaks.nonzero()
-        for pick in range(8):
-            bx, by, bz = (self.blocks[axis][pick >> axis & 1][index[:, axis]] for axis in range(3))
-            self.active[bx, by, bz] = True
-
-
-# --------------------------------------------------------------------------------------------------
-# The mesher
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -358,18 +128,23 @@ class _Surface:
     face_counts: list[int]
 
 
-class FastMesher:
+class CoarseToFineMesher:
     """Meshes for batches of embeddings of one amortized field (see the module docstring)."""
 
     def __init__(
         self,
         field: AmortizedField,
         config: MeshConfig,
-        options: FastInferenceOptions | None = None,
+        options: CoarseToFineOptions | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         check_mesh_config(config, field.config.bound)
-        self.options = options or FastInferenceOptions()
+        if config.texture != "vertex":
+            # The UV unwrap (xatlas) and bake run on the host: att3d.meshing.mesher meshes those densely.
+            raise ValueError(
+                f"coarse-to-fine meshes carry vertex colours, not mesh.texture={config.texture!r}"
+            )
+        self.options = options or CoarseToFineOptions()
         self.options.check()
         self.field = field.eval()
         self.config = config
@@ -390,10 +165,7 @@ class FastMesher:
                 f"embeddings must be [P, {self.field.config.text_dim}], got {tuple(embeddings.shape)}"
             )
         embeddings = embeddings.to(self.device, torch.float32)
-        if self.config.texture == "uv":
-            # The UV unwrap (xatlas) and bake run on the host anyway: use the reference path per prompt.
-            return [self._reference_mesh(e, i, return_exceptions) for i, e in enumerate(embeddings)]
-        query = build_query(self.field, embeddings, self.dtype, self.options.compile)
+        query = BatchFieldQuery(self.field, embeddings, self.dtype, compile=self.options.compile)
         results: list[trimesh.Trimesh | NoSurfaceError | None] = [None] * len(embeddings)
         grids = self._fine_grids(query, len(embeddings), results)
         volumes = self._fine_volumes(query, grids, results)
@@ -406,21 +178,9 @@ class FastMesher:
                 raise NoSurfaceError(f"batch item {i}: {result}")
         return results  # type: ignore[return-value]
 
-    def _reference_mesh(
-        self, embedding: Tensor, i: int, return_exceptions: bool
-    ) -> trimesh.Trimesh | NoSurfaceError:
-        try:
-            return extract_mesh(
-                self.field.materialize(embedding), self.config, self.field.config.bound, self.device
-            )
-        except NoSurfaceError as error:
-            if return_exceptions:
-                return error
-            raise NoSurfaceError(f"batch item {i}: {error}") from None
-
     # ---- passes ----------------------------------------------------------------------------------
 
-    def _fine_grids(self, query: BatchQuery, prompts: int, results: list) -> list[_Grid | None]:
+    def _fine_grids(self, query: BatchQuery, prompts: int, results: list) -> list[BlockGrid | None]:
         """Coarse pass over the scene box for all prompts, then each prompt's fine grid.
 
         The coarse grid is refined like the fine one (``coarse_block``), so its occupancy, and with it the
@@ -433,10 +193,10 @@ class FastMesher:
             self.config.density_threshold,
         )
         box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
-        corners = [_block_corners(n, self.options.coarse_block, self.device)] * 3
-        coarse = [_Grid((n, n, n), box_lo, 2.0 * bound / (n - 1), corners)] * prompts
+        corners = [block_corners(n, self.options.coarse_block, self.device)] * 3
+        coarse = [BlockGrid((n, n, n), box_lo, 2.0 * bound / (n - 1), corners)] * prompts
         volumes = self._refined_volumes(query, coarse)
-        grids: list[_Grid | None] = []
+        grids: list[BlockGrid | None] = []
         for p, volume in enumerate(volumes):
             occupied = (volume > level).cpu().numpy()
             if not occupied.any():
@@ -445,12 +205,12 @@ class FastMesher:
                 grids.append(None)
                 continue
             shape, lo, voxel = fine_grid(*occupied_box(occupied, box_lo, box_hi), self.config.resolution)
-            fine_corners = [_block_corners(s, self.options.block, self.device) for s in shape]
-            grids.append(_Grid(shape, lo, voxel, fine_corners))
+            fine_corners = [block_corners(s, self.options.block, self.device) for s in shape]
+            grids.append(BlockGrid(shape, lo, voxel, fine_corners))
         return grids
 
     def _fine_volumes(
-        self, query: BatchQuery, grids: list[_Grid | None], results: list
+        self, query: BatchQuery, grids: list[BlockGrid | None], results: list
     ) -> list[Tensor | None]:
         """Every prompt's fine density grid (``None`` where it has no surface, the error in ``results``)."""
         level = self.config.density_threshold
@@ -462,7 +222,7 @@ class FastMesher:
                 volumes[p] = None
         return volumes
 
-    def _refined_volumes(self, query: BatchQuery, grids: list[_Grid | None]) -> list[Tensor | None]:
+    def _refined_volumes(self, query: BatchQuery, grids: list[BlockGrid | None]) -> list[Tensor | None]:
         """Each grid's density, coarse-to-fine: block corners first, then the samples of active blocks.
 
         Active blocks start as those whose corners straddle the level (plus ``dilation``) and grow until
@@ -478,7 +238,7 @@ class FastMesher:
         counts = [0] * len(grids)
         corner_points = []
         for p in live:
-            corner_points.append(grids[p].points(_product_index(grids[p].corners)))
+            corner_points.append(grids[p].points(product_index(grids[p].corners)))
             counts[p] = len(corner_points[-1])
         density, _ = query_chunked(query, torch.cat(corner_points), counts, self.options.chunk_points)
         corner_values = torch.nan_to_num(density, nan=0.0).split(counts)
@@ -487,13 +247,13 @@ class FastMesher:
         for p in live:
             grid = grids[p]
             values = corner_values[p].view(*(len(c) for c in grid.corners))
-            blocks = [_axis_blocks(c, s) for c, s in zip(grid.corners, grid.shape, strict=True)]
-            active = _active_blocks(values, level, self.options.dilation)
+            blocks = [axis_blocks(c, s) for c, s in zip(grid.corners, grid.shape, strict=True)]
+            active = active_blocks(values, level, self.options.dilation)
             if not bool(active.any()):
                 # No block straddles the level: query everything rather than miss a thin object.
                 active = torch.ones_like(active)
             queried = torch.zeros(grid.shape, dtype=torch.bool, device=self.device)
-            states[p] = _Refinement(blocks, active, queried, _upsample(values, blocks))
+            states[p] = BlockRefinement(blocks, active, queried, upsample_corners(values, blocks))
 
         for _ in range(_MAX_ROUNDS):
             new = {p: state.samples() & ~state.queried for p, state in states.items()}
@@ -510,7 +270,7 @@ class FastMesher:
             volumes[p] = state.volume
         return volumes
 
-    def _groups(self, grids: list[_Grid | None], volumes: list[Tensor | None]) -> list[list[int]]:
+    def _groups(self, grids: list[BlockGrid | None], volumes: list[Tensor | None]) -> list[list[int]]:
         """Prompts meshed together, each group's stacked grid within ``max_stack_samples``."""
         groups, current, samples = [], [], 0
         for p, volume in enumerate(volumes):
@@ -527,7 +287,7 @@ class FastMesher:
         return groups
 
     def _surface(
-        self, query: BatchQuery, group: list[int], grids: list[_Grid | None], volumes: list[Tensor | None]
+        self, query: BatchQuery, group: list[int], grids: list[BlockGrid | None], volumes: list[Tensor | None]
     ) -> _Surface:
         """One marching cubes over the group's grids stacked along x, then albedo and normals."""
         ny = max(grids[p].shape[1] for p in group) + 2
@@ -612,43 +372,3 @@ def _vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     length = normals.norm(dim=1, keepdim=True)
     fallback = torch.tensor([0.0, 0.0, 1.0], device=vertices.device).expand_as(normals)
     return torch.where(length > 0, normals / length.clamp_min(1e-30), fallback)
-
-
-def component_labels(faces: Tensor, num_vertices: int) -> Tensor:
-    """Connected components of a mesh's vertex graph on the device: each vertex's smallest connected id.
-
-    Union-find by rounds: every edge hooks the larger of its two roots under the smaller one
-    (``scatter_reduce`` with ``amin``), then pointer jumping flattens the trees; parents only ever
-    decrease, so the forest stays acyclic, and it ends when no edge joins two roots (a few rounds, each a
-    handful of kernels and one host sync).
-    """
-    parent = torch.arange(num_vertices, device=faces.device)
-    if len(faces) == 0:
-        return parent
-    a = torch.cat([faces[:, 0], faces[:, 1]])
-    b = torch.cat([faces[:, 1], faces[:, 2]])
-    while True:
-        root_a, root_b = parent[a], parent[b]
-        if bool((root_a == root_b).all()):
-            return parent
-        parent = parent.scatter_reduce(
-            0, torch.maximum(root_a, root_b), torch.minimum(root_a, root_b), reduce="amin"
-        )
-        while True:
-            jumped = parent[parent]
-            if torch.equal(jumped, parent):
-                break
-            parent = jumped
-
-
-def keep_large_components(faces: Tensor, owner: Tensor, prompts: int, min_fraction: float) -> Tensor:
-    """Faces ``[F]`` to keep: those of components with at least ``min_fraction`` of the faces of their
-    prompt's largest component (``extract_mesh``'s floater rule). ``owner [V]``: each vertex's prompt."""
-    if len(faces) == 0:
-        return torch.zeros(0, dtype=torch.bool, device=faces.device)
-    labels = component_labels(faces, len(owner))[faces[:, 0]]
-    size = torch.bincount(labels, minlength=len(owner))[labels]
-    prompt = owner[faces[:, 0]]
-    largest = torch.zeros(prompts, dtype=size.dtype, device=faces.device)
-    largest = largest.scatter_reduce(0, prompt, size, reduce="amax")
-    return size >= min_fraction * largest[prompt]

@@ -4,8 +4,8 @@ One vertex per grid edge whose end samples lie on opposite sides of the level (`
 inside), placed by linear interpolation, so the vertex count equals the number of crossing edges — what
 scikit-image's Lewiner implementation produces on the same grid, up to the rare cell-centre vertices it
 adds in ambiguous cases. Faces wind counter-clockwise seen from the low-value side: with density growing
-towards the inside of an object, normals point outward (as ``att3d.mesh`` asks scikit-image for with
-``gradient_direction="ascent"``).
+towards the inside of an object, normals point outward (as :func:`grid_surface` asks scikit-image
+for with ``gradient_direction="ascent"``).
 
 The triangle table is generated here, not typed in. For each cube configuration we walk every face of
 the cube counter-clockwise (seen from outside) and join the face's crossing edges into directed segments

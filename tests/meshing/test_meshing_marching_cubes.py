@@ -13,8 +13,8 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes as skimage_marching_cubes
 
 from att3d.config import ConfigError, MeshConfig
-from att3d.marching_cubes import CENTRE, marching_cubes, resolve_method, triangle_table
-from att3d.mesh import extract_mesh
+from att3d.meshing.dense import extract_mesh
+from att3d.meshing.marching_cubes import CENTRE, marching_cubes, resolve_method, triangle_table
 
 
 def grid(n: int, fn) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Batched device inference against the reference path (att3d.mesh.extract_mesh), on the CPU."""
+"""Coarse-to-fine batched extraction against the reference path (att3d.meshing.dense.extract_mesh), on
+the CPU."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ import torch
 import trimesh
 
 from att3d.config import EncodingConfig, FieldConfig, MeshConfig
-from att3d.fast_inference import (
-    FastInferenceOptions,
-    FastMesher,
-    TorchBatchQuery,
-    build_query,
-    query_chunked,
-)
 from att3d.field import AmortizedField
-from att3d.mesh import NoSurfaceError, extract_mesh, mesh_to_bytes
+from att3d.meshing.coarse_to_fine import CoarseToFineMesher, CoarseToFineOptions
+from att3d.meshing.dense import extract_mesh
+from att3d.meshing.errors import NoSurfaceError
+from att3d.meshing.export import mesh_to_bytes
+from att3d.meshing.query import BatchFieldQuery, TorchBatchQuery, query_chunked
 
 from conftest import assert_same_mesh
 from gltf_validator import assert_valid_glb
@@ -62,7 +60,7 @@ MESH = MeshConfig(resolution=24, coarse_resolution=16, marching_cubes="torch", m
 
 def test_same_surface_as_the_reference_path(field, embeddings):
     # block=1 queries every fine sample; coarse-to-fine blocks are checked against the reference below.
-    meshes = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", block=1)).meshes(embeddings)
+    meshes = CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="float32", block=1)).meshes(embeddings)
     assert len(meshes) == 2
     for embedding, mesh in zip(embeddings, meshes, strict=True):
         ref = extract_mesh(field.materialize(embedding), MESH)
@@ -75,18 +73,18 @@ def test_same_surface_as_the_reference_path(field, embeddings):
 
 
 def test_queried_region_grows_where_the_surface_leaves_it(field, embeddings, monkeypatch):
-    import att3d.fast_inference as fast_inference
+    import att3d.meshing.coarse_to_fine as coarse_to_fine
 
     sizes = []
-    original = fast_inference.query_chunked
+    original = coarse_to_fine.query_chunked
 
     def counting(query, points, counts, chunk):
         sizes.append(len(points))
         return original(query, points, counts, chunk)
 
-    monkeypatch.setattr(fast_inference, "query_chunked", counting)
-    options = FastInferenceOptions(dtype="float32", block=4, dilation=0)
-    meshes = FastMesher(field, MESH, options).meshes(embeddings)
+    monkeypatch.setattr(coarse_to_fine, "query_chunked", counting)
+    options = CoarseToFineOptions(dtype="float32", block=4, dilation=0)
+    meshes = CoarseToFineMesher(field, MESH, options).meshes(embeddings)
     # coarse, block corners, straddling blocks, >= 1 growth round, vertex albedo
     assert len(sizes) >= 5
     for embedding, mesh in zip(embeddings, meshes, strict=True):
@@ -94,21 +92,21 @@ def test_queried_region_grows_where_the_surface_leaves_it(field, embeddings, mon
 
 
 def test_coarse_pass_is_refined_like_the_fine_one(field, embeddings, monkeypatch):
-    import att3d.fast_inference as fast_inference
+    import att3d.meshing.coarse_to_fine as coarse_to_fine
 
     sizes = []
-    original = fast_inference.query_chunked
+    original = coarse_to_fine.query_chunked
 
     def counting(query, points, counts, chunk):
         sizes[-1].append(len(points))
         return original(query, points, counts, chunk)
 
-    monkeypatch.setattr(fast_inference, "query_chunked", counting)
+    monkeypatch.setattr(coarse_to_fine, "query_chunked", counting)
     reference = extract_mesh(field.materialize(embeddings[0]), MESH)
     for coarse_block in (1, 4):
         sizes.append([])
-        options = FastInferenceOptions(dtype="float32", coarse_block=coarse_block)
-        assert_same_mesh(FastMesher(field, MESH, options).meshes(embeddings[:1])[0], reference)
+        options = CoarseToFineOptions(dtype="float32", coarse_block=coarse_block)
+        assert_same_mesh(CoarseToFineMesher(field, MESH, options).meshes(embeddings[:1])[0], reference)
     n = MESH.coarse_resolution
     assert sizes[0][0] == n**3  # coarse_block=1: every coarse sample at once, as extract_mesh queries them
     assert sizes[1][0] == 5**3  # coarse_block=4: the block corners 0, 4, 8, 12, 15 along each axis first
@@ -121,7 +119,9 @@ def test_floaters_are_dropped_as_in_the_reference(embeddings):
     config = MeshConfig(
         resolution=32, coarse_resolution=16, marching_cubes="torch", min_component_fraction=0.3
     )
-    mesh = FastMesher(field, config, FastInferenceOptions(dtype="float32", block=1)).meshes(embeddings[:1])[0]
+    mesh = CoarseToFineMesher(field, config, CoarseToFineOptions(dtype="float32", block=1)).meshes(
+        embeddings[:1]
+    )[0]
     ref = extract_mesh(field.materialize(embeddings[0]), config)
     unfiltered = extract_mesh(
         field.materialize(embeddings[0]), dataclasses.replace(config, min_component_fraction=0.0)
@@ -131,10 +131,10 @@ def test_floaters_are_dropped_as_in_the_reference(embeddings):
 
 
 def test_batch_matches_single_prompts_and_groups(field, embeddings):
-    batched = FastMesher(field, MESH, FastInferenceOptions(dtype="float32")).meshes(embeddings)
+    batched = CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="float32")).meshes(embeddings)
     # One prompt per marching-cubes group, with the queries still batched.
-    grouped = FastMesher(field, MESH, FastInferenceOptions(dtype="float32", max_stack_samples=1))
-    single = FastMesher(field, MESH, FastInferenceOptions(dtype="float32"))
+    grouped = CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="float32", max_stack_samples=1))
+    single = CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="float32"))
     for i, mesh in enumerate(grouped.meshes(embeddings)):
         assert_same_mesh(mesh, batched[i])
     assert_same_mesh(single.meshes(embeddings[1:])[0], batched[1])
@@ -155,7 +155,7 @@ def test_reduced_precision_keeps_the_occupancy(field, embeddings, dtype):
 
 
 def test_glb_export_is_valid(field, embeddings):
-    mesh = FastMesher(field, MESH, FastInferenceOptions(dtype="float32")).meshes(embeddings[:1])[0]
+    mesh = CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="float32")).meshes(embeddings[:1])[0]
     data = mesh_to_bytes(mesh, "glb")
     assert_valid_glb(data)
     loaded = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", force="mesh")
@@ -164,7 +164,7 @@ def test_glb_export_is_valid(field, embeddings):
 
 def test_no_surface_is_reported_per_batch_item(field, embeddings):
     empty = tiny_field(density_gain=1.0, density_bias=-100.0)
-    mesher = FastMesher(empty, MESH, FastInferenceOptions(dtype="float32"))
+    mesher = CoarseToFineMesher(empty, MESH, CoarseToFineOptions(dtype="float32"))
     with pytest.raises(NoSurfaceError, match="batch item 0: no surface found"):
         mesher.meshes(embeddings)
     results = mesher.meshes(embeddings, return_exceptions=True)
@@ -172,7 +172,7 @@ def test_no_surface_is_reported_per_batch_item(field, embeddings):
 
 
 def test_query_chunked_matches_one_call(field, embeddings):
-    query = build_query(field, embeddings, torch.float32)
+    query = BatchFieldQuery(field, embeddings, torch.float32)
     points = torch.rand(101, 3) * 2 - 1
     counts = [37, 64]
     density, albedo = query(points, counts)
@@ -187,24 +187,24 @@ def test_query_chunked_matches_one_call(field, embeddings):
 
 
 def test_bad_input(field):
-    mesher = FastMesher(field, MESH)
+    mesher = CoarseToFineMesher(field, MESH)
     with pytest.raises(ValueError, match=r"embeddings must be \[P, 16\]"):
         mesher.meshes(torch.zeros(3))
     with pytest.raises(ValueError, match=r"^block must be >= 1"):
-        FastMesher(field, MESH, FastInferenceOptions(block=0))
+        CoarseToFineMesher(field, MESH, CoarseToFineOptions(block=0))
     with pytest.raises(ValueError, match=r"^coarse_block must be >= 1, got 0"):
-        FastMesher(field, MESH, FastInferenceOptions(coarse_block=0))
+        CoarseToFineMesher(field, MESH, CoarseToFineOptions(coarse_block=0))
     with pytest.raises(ValueError, match="dtype must be auto or one of float32"):
-        FastMesher(field, MESH, FastInferenceOptions(dtype="int8"))
+        CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="int8"))
     with pytest.raises(ValueError, match="eval mode"):
         TorchBatchQuery(AmortizedField(field.config), torch.zeros(1, TEXT_DIM), torch.float32)
-    query = build_query(field, torch.zeros(2, TEXT_DIM), torch.float32)
+    query = BatchFieldQuery(field, torch.zeros(2, TEXT_DIM), torch.float32)
     with pytest.raises(ValueError, match="got 1 point runs for 2 prompts"):
         query(torch.zeros(4, 3), [4])
 
 
 def test_auto_dtype():
-    options = FastInferenceOptions()
+    options = CoarseToFineOptions()
     assert options.resolved_dtype(torch.device("cpu")) == torch.float32
     assert options.resolved_dtype(torch.device("cuda")) == torch.float16
 
@@ -213,7 +213,7 @@ def test_component_labels_match_scipy():
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from att3d.fast_inference import component_labels
+    from att3d.meshing.components import component_labels
 
     generator = torch.Generator().manual_seed(0)
     vertices = 400
