@@ -105,7 +105,7 @@ def generate(
     """Generate a mesh for PROMPT."""
     with user_errors():
         from att3d.generate import check_resolution
-        from att3d.text import validate_prompt
+        from att3d.limits import validate_prompt
 
         validate_prompt(prompt)
         _check_output(output)
@@ -140,7 +140,7 @@ def interpolate(
     """Mesh a blend of two prompts (--alpha) or a sequence of frames between them (--frames)."""
     with user_errors():
         from att3d.generate import check_resolution, interpolation_weights
-        from att3d.text import validate_prompt
+        from att3d.limits import validate_prompt
 
         validate_prompt(prompt_a)
         validate_prompt(prompt_b)
