@@ -1,4 +1,4 @@
-"""The newest usable checkpoint of a job's run folder (the trainer's layout, read without the trainer)."""
+"""The newest usable checkpoint of a job's run folder, in the trainer's layout."""
 
 from __future__ import annotations
 
