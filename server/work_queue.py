@@ -44,11 +44,16 @@ T = TypeVar("T", bound=QueuedTask)
 C = TypeVar("C", bound=ControlItem)
 
 
-class QueueFull(Exception):
-    """The queue holds ``queue_size`` requests already."""
+class QueueFull(ServiceError):
+    """The queue holds ``queue_size`` requests already: 429 with ``Retry-After``."""
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"the generation queue is full; retry in about {retry_after_s} s")
+        super().__init__(
+            429,
+            "queue_full",
+            f"the generation queue is full; retry in about {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )
         self.retry_after_s = retry_after_s
 
 

@@ -17,7 +17,6 @@ from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not
 from server.result_cache import GenerationResult
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE, GenerateRequest, InterpolateRequest, MeshOptions
 from server.settings import ServerSettings
-from server.work_queue import QueueFull
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _MESH_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -130,12 +129,7 @@ async def _answer(
     if cached is not None:
         result, cache = cached, "hit"
     else:
-        try:
-            future = engine.submit(spec, key)
-        except QueueFull as err:
-            raise ServiceError(
-                429, "queue_full", str(err), headers={"Retry-After": str(err.retry_after_s)}
-            ) from None
+        future = engine.submit(spec, key)  # QueueFull is a ServiceError: 429 with Retry-After
         try:
             # shield: one waiter giving up must not cancel the computation other waiters share.
             result = await asyncio.wait_for(
