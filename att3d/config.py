@@ -143,12 +143,12 @@ class MeshConfig:
     decimate_faces: int = 10000
     """Target face count before UV unwrapping (``texture=uv``)."""
     marching_cubes: str = "auto"
-    """``skimage``, ``torch`` (``att3d.marching_cubes``, stays on the query device) or ``auto`` (torch on
-    CUDA, skimage on the CPU)."""
+    """``skimage``, ``torch`` (``att3d.meshing.marching_cubes``, stays on the query device) or ``auto``
+    (torch on CUDA, skimage on the CPU)."""
     grid_query: str = "coarse_to_fine"
-    """How a generator queries the coarse and fine grids: ``coarse_to_fine`` (``att3d.fast_inference``: block
-    corners first, then only the blocks the surface passes through; the same surface as ``dense`` on smooth
-    fields at a fraction of the queries) or ``dense`` (every sample, ``att3d.mesh.extract_mesh``, the
+    """How a generator queries the coarse and fine grids: ``coarse_to_fine``
+    (``att3d.meshing.coarse_to_fine``: block corners first, then only the blocks the surface passes through; the same surface as ``dense`` on smooth
+    fields at a fraction of the queries) or ``dense`` (every sample, ``att3d.meshing.dense.extract_mesh``, the
     reference). UV textures and ``marching_cubes=skimage`` take ``dense``; ``coarse_to_fine`` meshes with
     ``torch``."""
 
@@ -210,7 +210,7 @@ class SDSConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Training (att3d.train, att3d.prompts)
+# Training (att3d.training, att3d.prompts)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -22,16 +22,14 @@ from torch import Tensor
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.field import AmortizedField, PromptField
+from att3d.limits import RESOLUTION_RANGE, validate_prompt
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.mesher import mesh_embeddings
-from att3d.text import TextEncoder, get_text_encoder, validate_prompt
+from att3d.text import TextEncoder, get_text_encoder
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default-model"
 """The shipped generator; until one is trained, a seeded initialization (a density blob) stands in."""
-
-RESOLUTION_RANGE = (16, 512)
-"""Allowed marching-cubes resolutions."""
 
 
 @dataclass

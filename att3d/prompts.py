@@ -10,7 +10,7 @@ Four sources, chosen by ``PromptSetConfig.source``:
                 appear, the last fastest;
 - ``shapes``:   the ShapesWorld splits bundled with the package (``split``: ``train``, ``heldout``, ``all``).
 
-Every prompt goes through :func:`att3d.text.validate_prompt`. An empty set, a missing file, a repeated
+Every prompt goes through :func:`att3d.limits.validate_prompt`. An empty set, a missing file, a repeated
 prompt or a held-out prompt that is also trained on raise :class:`PromptSetError` naming the problem.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from att3d.config import ConfigError, PromptSetConfig
-from att3d.text import PromptError, validate_prompt
+from att3d.limits import PromptError, validate_prompt
 
 SOURCES = ("list", "file", "template", "shapes")
 SHAPES_SPLITS = ("train", "heldout", "all")

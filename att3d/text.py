@@ -31,27 +31,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from att3d.checkpoint import save_tensors_atomic
+from att3d.limits import PromptError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_PROMPT_CHARS = 1000
-"""Prompts longer than this (after stripping) are rejected by :func:`validate_prompt`."""
-
-
-class PromptError(ValueError):
-    """A prompt is not usable (wrong type, empty or too long); the message says which."""
-
-
-def validate_prompt(prompt: object, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> str:
-    """Return ``prompt`` stripped of surrounding whitespace, or raise :class:`PromptError`."""
-    if not isinstance(prompt, str):
-        raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
-    text = prompt.strip()
-    if not text:
-        raise PromptError("prompt is empty" if not prompt else "prompt contains only whitespace")
-    if len(text) > max_chars:
-        raise PromptError(f"prompt is too long: {len(text)} characters (limit {max_chars})")
-    return text
 
 
 def _check_prompt_list(prompts: object) -> list[str]:

@@ -9,7 +9,7 @@ Life of a request (:meth:`Engine.submit`):
 1. the key is ``sha256(model hash, canonical request)``; a cached result is answered at once;
 2. a request identical to one already queued or running joins it (one computation, many waiters);
 3. otherwise it enters the queue, or, when ``queue_size`` requests wait already, is refused with
-   :class:`QueueFull` (the API answers 429 with ``Retry-After``);
+   :class:`server.work_queue.QueueFull` (the API answers 429 with ``Retry-After``);
 4. the worker takes the first waiting request, waits up to ``max_wait_ms`` for more, and takes at most
    ``max_batch_size``: a micro-batch. Requests whose every waiter has given up are skipped.
 
@@ -32,18 +32,14 @@ memory is released, and the worker goes on with the next request.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import hashlib
 import json
 import logging
-import math
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -57,9 +53,13 @@ from att3d.meshing.coarse_to_fine import CoarseToFineOptions
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.export import frames_zip, mesh_to_bytes
 from att3d.meshing.mesher import mesh_embeddings
+from server.errors import ServiceError
+from server.memory import free_memory, is_out_of_memory, release_freed_memory
 from server.metrics import Metrics
+from server.result_cache import GenerationResult, ResultCache
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE
 from server.settings import ServerSettings
+from server.work_queue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -101,75 +101,6 @@ class MeshSpec:
             raise ValueError("every weight vector needs one weight per prompt")
 
 
-@dataclass(frozen=True)
-class GenerationResult:
-    """A finished response body and what its headers say about it."""
-
-    body: bytes
-    media_type: str
-    model: str
-    model_hash: str
-    generation_ms: float
-    """Model-worker time spent producing ``body`` (the original time for a cached result)."""
-
-
-class QueueFull(Exception):
-    """The queue holds ``queue_size`` requests already."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"the generation queue is full; retry in about {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class GenerationError(Exception):
-    """A request failed in the worker; ``status``/``code`` say how the API should answer."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-class ResultCache:
-    """Thread-safe LRU of results, bounded by the total size of their bodies."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, GenerationResult] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: str) -> GenerationResult | None:
-        with self._lock:
-            result = self._items.get(key)
-            if result is not None:
-                self._items.move_to_end(key)
-            return result
-
-    def put(self, key: str, result: GenerationResult) -> None:
-        size = len(result.body)
-        if size > self.max_bytes:  # would evict everything and still not fit
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old.body)
-            self._items[key] = result
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= len(evicted.body)
-
-
 @dataclass
 class _Task:
     spec: MeshSpec
@@ -208,17 +139,11 @@ class Engine:
         self._info: dict[str, dict[str, Any]] = {}  # replaced whole on change: readers see a snapshot
         self._prompts: dict[str, list[str]] = {}
         self.default_model = next(iter(models))
-        self._queue: deque[_Task] = deque()
-        self._control: deque[_Control] = deque()
-        self._inflight: dict[str, _Task] = {}
-        self._cond = threading.Condition()
-        self._stopping = False
+        self._work: WorkQueue[_Task, _Control] = WorkQueue(settings, self.metrics)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.load_error: str | None = None
-        # Seconds per batch, smoothed: the basis of Retry-After.
-        self._batch_seconds = 1.0
-        self.metrics.queue_depth.set_function(lambda: len(self._queue))
+        self.metrics.queue_depth.set_function(lambda: len(self._work))
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -231,17 +156,7 @@ class Engine:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Fail waiting requests, let the current batch finish, and join the worker."""
-        with self._cond:
-            self._stopping = True
-            pending = list(self._queue)
-            self._queue.clear()
-            controls = list(self._control)
-            self._control.clear()
-            self._cond.notify_all()
-        for task in pending:
-            self._finish(task, error=GenerationError(503, "shutting_down", "the server is shutting down"))
-        for control in controls:
-            control.future.set_exception(GenerationError(503, "shutting_down", "the server is shutting down"))
+        self._work.close()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -256,10 +171,10 @@ class Engine:
     # ---- what the API reads ----------------------------------------------------------------------
 
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self._work)
 
     def saturated(self) -> bool:
-        return len(self._queue) > self.settings.readiness_queue_fraction * self.settings.queue_size
+        return len(self._work) > self.settings.readiness_queue_fraction * self.settings.queue_size
 
     def models(self) -> list[dict[str, Any]]:
         """Info of every loaded model (empty until loading finished)."""
@@ -297,38 +212,18 @@ class Engine:
             done.set_result(cached)
             return done
         deadline = time.monotonic() + self.settings.request_timeout_s
-        with self._cond:
-            if self._stopping:
-                raise GenerationError(503, "shutting_down", "the server is shutting down")
-            task = self._inflight.get(key)
-            if task is not None:
-                task.deadline = max(task.deadline, deadline)
-                return task.future
-            if len(self._queue) >= self.settings.queue_size:
-                self.metrics.rejected.inc()
-                raise QueueFull(self._retry_after())
-            task = _Task(spec, key, Future(), deadline)
-            self._inflight[key] = task
-            self._queue.append(task)
-            self._cond.notify_all()
-        return task.future
+        return self._work.put(_Task(spec, key, Future(), deadline))
 
     def run_on_worker(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the worker thread before any queued generation (e.g. loading a model)."""
-        control = _Control(fn, Future())
-        with self._cond:
-            if self._stopping:
-                raise GenerationError(503, "shutting_down", "the server is shutting down")
-            self._control.append(control)
-            self._cond.notify_all()
-        return control.future
+        return self._work.put_control(_Control(fn, Future()))
 
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
         """Load a checkpoint as model ``name`` on the worker thread; the future gives its info."""
 
         def load() -> dict[str, Any]:
             if name in self._generators:
-                raise GenerationError(409, "conflict", f"a model named {name!r} is already loaded", "name")
+                raise ServiceError(409, "conflict", f"a model named {name!r} is already loaded", "name")
             generator = Generator.from_checkpoint(
                 path, name=name, device=str(resolve_device(self.settings.device))
             )
@@ -336,10 +231,6 @@ class Engine:
             return self.model_info(name) or {}
 
         return self.run_on_worker(load)
-
-    def _retry_after(self) -> int:
-        batches_ahead = len(self._queue) / self.settings.max_batch_size + 1
-        return int(min(max(math.ceil(batches_ahead * self._batch_seconds), 1), 300))
 
     # ---- the worker thread -----------------------------------------------------------------------
 
@@ -358,7 +249,7 @@ class Engine:
             self._ready.set()
             self.metrics.ready.set(1.0 if self.load_error is None else 0.0)
         while True:
-            item = self._next()
+            item = self._work.take()
             if item is None:
                 return
             if isinstance(item, _Control):
@@ -397,27 +288,6 @@ class Engine:
             mesh_to_bytes(generator.generate(WARMUP_PROMPT, config), "glb")
         logger.info("warmed up model %s in %.2f s", generator.name, time.perf_counter() - started)
 
-    def _next(self) -> _Control | list[_Task] | None:
-        """Block until there is work: a control item, or a micro-batch of generation tasks."""
-        with self._cond:
-            while not (self._stopping or self._control or self._queue):
-                self._cond.wait()
-            if self._stopping:
-                return None
-            if self._control:
-                return self._control.popleft()
-            batch = [self._queue.popleft()]
-            window_ends = time.monotonic() + self.settings.max_wait_ms / 1000.0
-            while len(batch) < self.settings.max_batch_size and not self._stopping:
-                if self._queue:
-                    batch.append(self._queue.popleft())
-                    continue
-                remaining = window_ends - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return batch
-
     def _run_control(self, control: _Control) -> None:
         if not control.future.set_running_or_notify_cancel():
             return
@@ -433,7 +303,7 @@ class Engine:
         live = []
         for task in batch:
             if now > task.deadline:
-                self._finish(task, error=GenerationError(504, "timeout", "no client is waiting any more"))
+                self._work.finish(task, error=ServiceError(504, "timeout", "no client is waiting any more"))
             else:
                 live.append(task)
         # Embed every prompt of the batch first, one encoder call per prompt (see the module docstring).
@@ -451,9 +321,8 @@ class Engine:
         else:
             for task in live:
                 self._run_task(task, partial(self._mesh_bytes, task.spec), embed_seconds[task.key])
-        elapsed = time.perf_counter() - started
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-        _release_freed_memory()
+        self._work.record_batch(time.perf_counter() - started)
+        release_freed_memory()
 
     def _mesh_batched(self, tasks: list[_Task], embed_seconds: dict[str, float]) -> None:
         """``mesher="batched"``: one ``mesh_embeddings`` pass per group of tasks with the same model and
@@ -478,7 +347,7 @@ class Engine:
                     "batched meshing of %d requests failed (%s); meshing each alone", len(group), err
                 )
                 del err
-                _free_memory()
+                free_memory()
                 for task in group:
                     render = partial(_mesh_bytes_alone, generator, task)
                     self._run_task(task, render, embed_seconds[task.key])
@@ -498,9 +367,9 @@ class Engine:
             error = _classify(err)
             del err  # the traceback pins the frames' tensors; drop it before freeing memory
             if error.code == "out_of_memory":
-                _free_memory()
+                free_memory()
             self.metrics.generation.labels(error.code).observe(time.perf_counter() - started)
-            self._finish(task, error=error)
+            self._work.finish(task, error=error)
             return
         elapsed = time.perf_counter() - started
         self.metrics.generation.labels("ok").observe(elapsed)
@@ -514,32 +383,18 @@ class Engine:
         self.cache.put(task.key, result)
         self.metrics.cache_bytes.set(self.cache.bytes)
         self.metrics.cache_entries.set(len(self.cache))
-        self._finish(task, result=result)
+        self._work.finish(task, result=result)
 
     def _mesh_bytes(self, spec: MeshSpec) -> tuple[bytes, str]:
         """``mesher="per_request"``: the response body (GLB/PLY/OBJ bytes or a frames zip) and its media
         type, from ``Generator.mesh`` per mesh, exactly as the CLI does."""
         generator = self._generators.get(spec.model)
         if generator is None:
-            raise GenerationError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
+            raise ServiceError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
         config = _mesh_config(generator, spec)
         with torch.no_grad():
             meshes = [generator.mesh(generator.blend(list(spec.prompts), list(w)), config) for w in spec.walk]
         return _response_body(spec, meshes)
-
-    def _finish(
-        self, task: _Task, result: GenerationResult | None = None, error: Exception | None = None
-    ) -> None:
-        with self._cond:
-            if self._inflight.get(task.key) is task:
-                del self._inflight[task.key]
-        # A waiter's cancellation must not reach this shared future (the API shields it), but never let
-        # an already-settled future take the worker down.
-        with contextlib.suppress(InvalidStateError):
-            if error is not None:
-                task.future.set_exception(error)
-            else:
-                task.future.set_result(result)  # type: ignore[arg-type]
 
 
 def _mesh_config(generator: Generator, spec: MeshSpec) -> MeshConfig:
@@ -589,51 +444,18 @@ def _mesh_bytes_alone(generator: Generator, task: _Task) -> tuple[bytes, str]:
     return _response_body(task.spec, _batch_meshes(generator, [task])[0])
 
 
-def _classify(err: Exception) -> GenerationError:
+def _classify(err: Exception) -> ServiceError:
     """Map a worker exception to the API error it becomes."""
-    if isinstance(err, GenerationError):
+    if isinstance(err, ServiceError):
         return err
-    if _is_out_of_memory(err):
-        return GenerationError(
+    if is_out_of_memory(err):
+        return ServiceError(
             503, "out_of_memory", "the model ran out of memory on this request; try a lower resolution"
         )
     if isinstance(err, NoSurfaceError):
-        return GenerationError(422, "no_surface", f"the model produced no surface: {err}", "prompt")
+        return ServiceError(422, "no_surface", f"the model produced no surface: {err}", "prompt")
     if isinstance(err, ValueError):
         # Inputs are validated before they are queued; a ValueError here is still about the input.
-        return GenerationError(422, "invalid_request", str(err).splitlines()[0] if str(err) else "invalid")
+        return ServiceError(422, "invalid_request", str(err).splitlines()[0] if str(err) else "invalid")
     logger.error("generation failed", exc_info=err)
-    return GenerationError(500, "internal_error", f"generation failed ({type(err).__name__})")
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _release_freed_memory() -> None:
-    """Give freed heap pages back to the OS (glibc only).
-
-    A request frees hundreds of MiB of grids and meshes; glibc keeps much of it in its arenas, so without
-    this the process's RSS ratchets up to the largest request's peak and stays there. It walks the heap
-    once: cheap next to a mesh (0.1 ms measured on a fresh process).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return ServiceError(500, "internal_error", f"generation failed ({type(err).__name__})")

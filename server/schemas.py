@@ -2,7 +2,7 @@
 
 Models are strict (no ``"64"`` for an integer, no number for a prompt) and forbid unknown fields, so a typo
 in a field name is reported instead of silently ignored. Checks that need the server's settings or loaded
-models (resolution cap, model names) happen in ``server.app`` and produce the same error shape.
+models (resolution cap, model names) happen in ``server.routes`` and produce the same error shape.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from att3d.generate import RESOLUTION_RANGE
-from att3d.text import DEFAULT_MAX_PROMPT_CHARS, validate_prompt
+from att3d.limits import DEFAULT_MAX_PROMPT_CHARS, RESOLUTION_RANGE, validate_prompt
 
 MeshFormat = Literal["glb", "obj", "ply"]
 TextureMode = Literal["vertex", "uv"]

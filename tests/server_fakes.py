@@ -78,7 +78,7 @@ def tiny_generator(seed: int = 0, prompts: list[str] | None = None):  # -> Gener
 
 
 # --------------------------------------------------------------------------------------------------
-# Fake trainer (the runner interface of server.jobs)
+# Fake trainer (the runner interface of server.jobs.worker)
 # --------------------------------------------------------------------------------------------------
 
 STEP_SECONDS_ENV = "ATT3D_FAKE_STEP_S"
@@ -147,6 +147,25 @@ def failing_train(config, out_dir, *, resume, progress_callback, cancel) -> Fake
 def make_encoder():
     """The cached test encoder (as a Generator would build it)."""
     return get_text_encoder(ENCODER)
+
+
+def job_request(steps: int = 6, **config) -> dict:
+    """A ``POST /v1/jobs`` body training the tiny generator on two prompts (a checkpoint every 2 steps)."""
+    return {
+        "prompts": ["a red cube", "a blue sphere"],
+        "config": {"steps": steps, "checkpoint_every": 2, **tiny_config_overrides(), **config},
+    }
+
+
+def wait_for_job(client, job_id: str, until, timeout_s: float = 90.0) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until ``until(status)`` holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.get(f"/v1/jobs/{job_id}").json()
+        if until(status):
+            return status
+        assert time.monotonic() < deadline, f"job never reached the expected state: {status}"
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,15 +10,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from att3d import text
+from att3d.limits import PromptError, validate_prompt
 from att3d.text import (
     CachedEncoder,
     MiniLMEncoder,
-    PromptError,
     TextEncoder,
     get_text_encoder,
     minilm_model_dir,
     register_text_encoder,
-    validate_prompt,
 )
 
 PROMPTS = [

@@ -31,7 +31,7 @@ def generate(
     """Generate a mesh for PROMPT."""
     with user_errors():
         from att3d.generate import check_resolution
-        from att3d.text import validate_prompt
+        from att3d.limits import validate_prompt
 
         validate_prompt(prompt)
         check_output(output)

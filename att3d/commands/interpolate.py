@@ -35,7 +35,7 @@ def interpolate(
     """Mesh a blend of two prompts (--alpha) or a sequence of frames between them (--frames)."""
     with user_errors():
         from att3d.generate import check_resolution, interpolation_weights
-        from att3d.text import validate_prompt
+        from att3d.limits import validate_prompt
 
         validate_prompt(prompt_a)
         validate_prompt(prompt_b)

@@ -95,7 +95,7 @@ def sample(
 ) -> None:
     """Samples of the prior for a prompt at turntable views, each row followed by the ground truth."""
     with user_errors():
-        from att3d.text import validate_prompt
+        from att3d.limits import validate_prompt
 
         prompt = validate_prompt(prompt)
         from att3d.shapes.world import parse_prompt

@@ -73,8 +73,8 @@ def read_cases(path: str | Path, splits: Splits | None = None) -> list[EvalCase]
     Every line must be an object with exactly the keys ``prompt``, ``shape``, ``color``: a non-empty
     prompt and a shape and colour named as in the world (``SHAPE_NAMES``, ``COLOR_NAMES``).
     """
+    from att3d.limits import PromptError, validate_prompt
     from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject, load_splits
-    from att3d.text import PromptError, validate_prompt
 
     path = Path(path)
     if not path.exists():

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from server_fakes import STEP_SECONDS_ENV, TESTS_DIR, tiny_config_overrides, tiny_generator
 
-from server.jobs import JobStore
+from server.jobs.store import JobStore
 
 # Registers the test text encoder, then runs the real `att3d` command line (`att3d serve ...`).
 LAUNCHER = "import server_fakes; from att3d.commands.app import main; main()"

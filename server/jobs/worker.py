@@ -1,10 +1,10 @@
-"""One training job in its own process: ``python -m server.job_worker --db DB --job ID --runner MOD:FN``.
+"""One training job in its own process: ``python -m server.jobs.worker --db DB --job ID --runner MOD:FN``.
 
-The scheduler (``server.jobs.JobManager``) has already moved the job to ``running``. This process loads the
-job's ``TrainConfig`` from the database, calls the runner with a progress callback (step, loss and progress
-go to SQLite) and a cancel flag, and records how it ended. The cancel flag is set by a watcher thread when
-the job's ``cancel_requested`` column is set (``DELETE /v1/jobs/{id}``) or when the server that started this
-process dies; SIGTERM reaches the trainer directly (it saves a checkpoint and returns).
+The scheduler (``server.jobs.scheduler.JobManager``) has already moved the job to ``running``. This process
+loads the job's ``TrainConfig`` from the database, calls the runner with a progress callback (step, loss and
+progress go to SQLite) and a cancel flag, and records how it ended. The cancel flag is set by a watcher
+thread when the job's ``cancel_requested`` column is set (``DELETE /v1/jobs/{id}``) or when the server that
+started this process dies; SIGTERM reaches the trainer directly (it saves a checkpoint and returns).
 """
 
 from __future__ import annotations
@@ -18,18 +18,54 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from att3d.config import TrainConfig, from_dict
-from server.jobs import JobStore, Runner, latest_checkpoint, process_start_time
+from server.jobs.checkpoints import latest_checkpoint
+from server.jobs.processes import process_start_time
+from server.jobs.store import JobStore
 
-logger = logging.getLogger("server.job_worker")
+logger = logging.getLogger("server.jobs.worker")
 
 POLL_S = 0.25
 """How often the watcher checks the cancel flag and the parent process."""
 PROGRESS_EVERY_S = 0.25
 """Progress rows are written at most this often (and always for the last step)."""
+
+ProgressCallback = Callable[[int, int, float], None]
+"""``(step, total_steps, loss)``, called after every optimizer step."""
+
+
+class RunResult(Protocol):
+    """What a runner returns (``att3d.training.loop.TrainResult`` has these attributes)."""
+
+    status: str
+    """``completed``, ``cancelled`` (the cancel flag) or ``interrupted`` (a signal)."""
+    step: int
+    checkpoint: Path | None
+    loss: float
+
+
+class Runner(Protocol):
+    """Trains ``config`` into ``out_dir``; the job process calls it once per attempt.
+
+    Contract: checkpoints go to ``out_dir/checkpoints/step_XXXXXXX``
+    (``att3d.training.run_folder.checkpoint_dir``);
+    ``resume=True`` continues from the latest of them; ``progress_callback`` is called after each step;
+    setting ``cancel`` makes it save a checkpoint and return with status ``cancelled`` at the next step.
+    """
+
+    def __call__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool,
+        progress_callback: ProgressCallback,
+        cancel: threading.Event,
+    ) -> RunResult: ...
 
 
 def load_runner(spec: str) -> Runner:
@@ -135,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="the jobs database (jobs.sqlite)")
     parser.add_argument("--job", required=True, help="id of a job in state 'running'")
-    parser.add_argument("--runner", default="att3d.train:train", help="module:function that trains")
+    parser.add_argument("--runner", default="att3d.training.loop:train", help="module:function that trains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = run_job(JobStore(args.db), args.job, args.runner)

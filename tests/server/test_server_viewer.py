@@ -24,7 +24,7 @@ from server_fakes import assert_valid_glb, isolated_environment, settings_for, t
 
 from server.app import create_app
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools" / "browser"
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -1,0 +1,29 @@
+"""Limits on what a user may ask for (prompt length, marching-cubes resolution) and the prompt check.
+
+Torch-free on purpose: the HTTP request schemas (``server.schemas``) validate with these without loading
+the model stack.
+"""
+
+from __future__ import annotations
+
+RESOLUTION_RANGE = (16, 512)
+"""Smallest and largest marching-cubes resolution (memory and time grow with its cube)."""
+
+DEFAULT_MAX_PROMPT_CHARS = 1000
+"""Prompts longer than this (after stripping) are rejected by :func:`validate_prompt`."""
+
+
+class PromptError(ValueError):
+    """A prompt is not usable (wrong type, empty or too long); the message says which."""
+
+
+def validate_prompt(prompt: object, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> str:
+    """Return ``prompt`` stripped of surrounding whitespace, or raise :class:`PromptError`."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    text = prompt.strip()
+    if not text:
+        raise PromptError("prompt is empty" if not prompt else "prompt contains only whitespace")
+    if len(text) > max_chars:
+        raise PromptError(f"prompt is too long: {len(text)} characters (limit {max_chars})")
+    return text

@@ -1,0 +1,67 @@
+"""The app as a whole: JSON errors for unknown routes, the viewer page, the OpenAPI schema."""
+
+from __future__ import annotations
+
+import pytest
+from server_fakes import (
+    isolated_environment,
+    settings_for,
+    started_client,
+    tiny_generator,
+)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return tiny_generator(prompts=["a red cube", "a blue sphere", "a green cone"])
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, generator):
+    tmp = tmp_path_factory.mktemp("api")
+    with isolated_environment(tmp), started_client(settings_for(tmp), {"default": generator}) as client:
+        yield client
+
+
+def test_unknown_routes_and_methods_are_json(client):
+    missing = client.get("/v1/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = client.get("/v1/generate")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+
+
+def test_viewer_page_and_vendored_model_viewer(client):
+    import hashlib
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert '<model-viewer id="viewer"' in html and 'id="alpha"' in html and 'id="download"' in html
+    assert "https://" not in html  # no CDN: everything comes from this server
+    script = client.get("/static/vendor/model-viewer/model-viewer.min.js")
+    assert script.status_code == 200
+    # The pinned @google/model-viewer@4.4.0 dist/model-viewer.min.js (see its README.txt).
+    assert (
+        hashlib.sha256(script.content).hexdigest()
+        == "18b2e711035aa4705ee281530a55dc2338ff05eed3d70ae16d54105282a75ed5"
+    )
+
+
+def test_openapi_lists_every_route(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/v1/generate",
+        "/v1/interpolate",
+        "/v1/models",
+        "/v1/models/{name}/prompts",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/livez",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in paths, path
+    assert "delete" in paths["/v1/jobs/{job_id}"]
+    assert "model/gltf-binary" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
+    assert client.get("/docs").status_code == 200
