@@ -16,7 +16,7 @@ from typing import Any
 
 from att3d.config import to_dict
 from server.errors import ServiceError
-from server.jobs.checkpoints import latest_checkpoint
+from att3d.training.run_folder import latest_checkpoint
 from server.jobs.processes import process_alive, process_start_time
 from server.jobs.requests import build_train_config, request_digest
 from server.jobs.store import JobStore
@@ -221,11 +221,11 @@ class JobManager:
             )
 
     def _checkpoint_path(self, row: dict[str, Any]) -> str | None:
-        latest = latest_checkpoint(row["run_dir"])
+        latest = latest_checkpoint(row["run_dir"], check_weights=False)
         return str(latest[1]) if latest else None
 
     def _mark_interrupted(self, row: dict[str, Any], why: str) -> None:
-        latest = latest_checkpoint(row["run_dir"])
+        latest = latest_checkpoint(row["run_dir"], check_weights=False)
         where = f"its last checkpoint is at step {latest[0]}" if latest else "it has no checkpoint yet"
         self.store.finish(
             row["id"],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from att3d.config import TrainConfig, from_dict
-from server.jobs.checkpoints import latest_checkpoint
+from att3d.training.run_folder import latest_checkpoint
 from server.jobs.processes import process_start_time
 from server.jobs.store import JobStore
 
@@ -133,13 +133,13 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
     try:
         config = from_dict(TrainConfig, json.loads(row["config"]))
         runner = load_runner(runner_spec)
-        resume = latest_checkpoint(run_dir) is not None
+        resume = latest_checkpoint(run_dir, check_weights=False) is not None
         logger.info("job %s: attempt %d, resume=%s", job_id, row["attempts"], resume)
         result: Any = runner(config, run_dir, resume=resume, progress_callback=progress, cancel=cancel)
     except Exception as err:
         logger.exception("job %s failed", job_id)
         message = " ".join(str(err).split()) or type(err).__name__
-        latest = latest_checkpoint(run_dir)
+        latest = latest_checkpoint(run_dir, check_weights=False)
         state = "interrupted" if watcher.parent_gone.is_set() else "failed"
         store.finish(job_id, state, error=f"{type(err).__name__}: {message}", checkpoint=_path(latest))
         return state
@@ -148,7 +148,9 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
         signal.signal(signal.SIGTERM, previous)
 
     checkpoint = (
-        str(result.checkpoint) if result.checkpoint is not None else _path(latest_checkpoint(run_dir))
+        str(result.checkpoint)
+        if result.checkpoint is not None
+        else _path(latest_checkpoint(run_dir, check_weights=False))
     )
     if result.status == "completed":
         state, error = "succeeded", None
