@@ -16,7 +16,16 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from att3d.config_validation import ConfigError, KeyProblem, Number, config_dataclass, validate
+from att3d.config_validation import (
+    ConfigError,
+    Fraction,
+    KeyProblem,
+    NonNegativeNumber,
+    Number,
+    PositiveNumber,
+    config_dataclass,
+    validate,
+)
 
 T = TypeVar("T")
 
@@ -76,7 +85,7 @@ class FieldConfig:
     """Density-blob strength: adds ``blob_density * (1 - |x| / blob_radius)`` to the raw density."""
     blob_radius: Number = 0.5
     """Radius of the density blob (world units)."""
-    bound: Annotated[Number, Field(gt=0)] = 1.0
+    bound: PositiveNumber = 1.0
     """The scene lives in ``[-bound, bound]^3``."""
 
 
@@ -134,12 +143,12 @@ class MeshConfig:
     """Grid resolution of the fine pass along the longest side."""
     coarse_resolution: Annotated[StrictInt, Field(ge=2)] = 48
     """Grid resolution of the coarse pass that finds the object's bounding box."""
-    density_threshold: Annotated[Number, Field(gt=0)] = 6.93
+    density_threshold: PositiveNumber = 6.93
     """Iso-level on density: ln(2)/0.1, i.e. 50 % opacity across 0.1 world units (densities are >= 0 and
     the grid is padded with 0: a non-positive level has no outside)."""
     chunk_points: Annotated[StrictInt, Field(ge=1)] = 262144
     """Points queried per chunk (bounds memory at any resolution)."""
-    min_component_fraction: Annotated[Number, Field(ge=0, le=1)] = 0.02
+    min_component_fraction: Fraction = 0.02
     """Connected components with fewer faces than this fraction of the largest are dropped."""
     texture: Literal["vertex", "uv"] = "vertex"
     """``vertex`` (vertex colours) or ``uv`` (xatlas unwrap + baked PNG texture)."""
@@ -297,15 +306,15 @@ class TrainConfig:
     """Shade with plain albedo for the first steps (no normals), then by ``shading_probs``."""
     shading_probs: Annotated[tuple[Number, Number, Number], AfterValidator(_probabilities)] = (0.0, 1.0, 0.0)
     """Probabilities of albedo, diffuse and textureless shading after ``albedo_steps`` (one mode per step)."""
-    interp_prob: Annotated[Number, Field(ge=0, le=1)] = 0.0
+    interp_prob: Fraction = 0.0
     """Probability that a training prompt is an interpolant: a random mix of several prompts' embeddings."""
     interp_prompts: Annotated[StrictInt, Field(ge=2)] = 2
     """Prompts mixed into one interpolant."""
-    interp_concentration: Annotated[Number, Field(gt=0)] = 1.0
+    interp_concentration: PositiveNumber = 1.0
     """Dirichlet concentration of the mixing weights (1: uniform on the simplex; Beta(a, a) for two)."""
-    sparsity_weight: Annotated[Number, Field(ge=0)] = 0.0
+    sparsity_weight: NonNegativeNumber = 0.0
     """Weight of the mean rendered opacity (discourages floaters and haze)."""
-    opacity_entropy_weight: Annotated[Number, Field(ge=0)] = 0.0
+    opacity_entropy_weight: NonNegativeNumber = 0.0
     """Weight of the binary entropy of rendered opacity (pushes pixels to empty or solid)."""
     progressive_levels: NonNegative = 0
     """Hash-grid levels active at step 0 (0: all); finer levels are unmasked one by one."""

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import annotated_types
 import pydantic
-from pydantic import BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 T = TypeVar("T")
 
@@ -43,10 +43,14 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
+# A finite float; an int or a numeric string is accepted, a bool is not. The limits sit before the
+# string-parsing validator so that pydantic folds them into the float schema (JSON schema: minimum, ...).
 Number = Annotated[float, Strict(), BeforeValidator(_yaml_number)]
-"""A finite float; an int or a numeric string is accepted, a bool is not."""
+PositiveNumber = Annotated[float, Strict(), Field(gt=0), BeforeValidator(_yaml_number)]
+NonNegativeNumber = Annotated[float, Strict(), Field(ge=0), BeforeValidator(_yaml_number)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1), BeforeValidator(_yaml_number)]
 
-_SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False)
+_SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 def config_dataclass(section: str) -> Callable[[type[T]], type[T]]:
