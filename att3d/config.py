@@ -20,8 +20,10 @@ from att3d.config_validation import (
     ConfigError,
     Fraction,
     KeyProblem,
+    NonNegativeInt,
     NonNegativeNumber,
     Number,
+    PositiveInt,
     PositiveNumber,
     config_dataclass,
     validate,
@@ -30,10 +32,8 @@ from att3d.config_validation import (
 T = TypeVar("T")
 
 RESOLUTION_RANGE = (16, 512)
-"""Marching-cubes resolutions a generation request may ask for (CLI ``-r``, HTTP ``resolution``)."""
-
-Resolution = Annotated[StrictInt, Field(ge=RESOLUTION_RANGE[0], le=RESOLUTION_RANGE[1])]
-"""The type of a requested resolution: the CLI and the HTTP schema check it with the same bounds."""
+"""Marching-cubes resolutions a generation request may ask for (CLI ``-r``, HTTP ``resolution``); a
+``MeshConfig`` itself takes any ``resolution >= 2``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,11 +274,6 @@ def _probabilities(probs: tuple[float, float, float]) -> tuple[float, float, flo
     return probs
 
 
-AtLeastOne = Annotated[StrictInt, Field(ge=1)]
-NonNegative = Annotated[StrictInt, Field(ge=0)]
-"""Step counts and intervals where 0 means off."""
-
-
 @config_dataclass("")
 class TrainConfig:
     """One amortized SDS training run (``att3d train``); a one-prompt set is per-prompt DreamFusion."""
@@ -296,13 +291,13 @@ class TrainConfig:
     """Ranges of the training cameras."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     """Optimizer."""
-    steps: AtLeastOne = 2000
+    steps: PositiveInt = 2000
     """Optimizer steps."""
-    prompts_per_step: AtLeastOne = 4
+    prompts_per_step: PositiveInt = 4
     """P: prompts (or interpolants) per step and process."""
-    views_per_prompt: AtLeastOne = 1
+    views_per_prompt: PositiveInt = 1
     """V: cameras rendered per prompt and step."""
-    albedo_steps: NonNegative = 0
+    albedo_steps: NonNegativeInt = 0
     """Shade with plain albedo for the first steps (no normals), then by ``shading_probs``."""
     shading_probs: Annotated[tuple[Number, Number, Number], AfterValidator(_probabilities)] = (0.0, 1.0, 0.0)
     """Probabilities of albedo, diffuse and textureless shading after ``albedo_steps`` (one mode per step)."""
@@ -316,7 +311,7 @@ class TrainConfig:
     """Weight of the mean rendered opacity (discourages floaters and haze)."""
     opacity_entropy_weight: NonNegativeNumber = 0.0
     """Weight of the binary entropy of rendered opacity (pushes pixels to empty or solid)."""
-    progressive_levels: NonNegative = 0
+    progressive_levels: NonNegativeInt = 0
     """Hash-grid levels active at step 0 (0: all); finer levels are unmasked one by one."""
     level_steps: StrictInt = 100
     """Steps between unmasking two consecutive hash-grid levels (``progressive_levels > 0``)."""
@@ -324,19 +319,19 @@ class TrainConfig:
     """Seed of the initialization and of every random draw (rank r draws from ``seed + r``)."""
     device: StrictStr = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    log_every: NonNegative = 10
+    log_every: NonNegativeInt = 10
     """Steps between TensorBoard scalar writes (0: no TensorBoard)."""
-    preview_every: NonNegative = 250
+    preview_every: NonNegativeInt = 250
     """Steps between preview PNG grids, prompts × views (0: none)."""
-    preview_prompts: AtLeastOne = 4
+    preview_prompts: PositiveInt = 4
     """Prompts in a preview grid (the first of the training set)."""
-    preview_views: AtLeastOne = 4
+    preview_views: PositiveInt = 4
     """Views per prompt in a preview grid (an orbit at 20° elevation)."""
-    eval_every: NonNegative = 0
+    eval_every: NonNegativeInt = 0
     """Steps between evaluations on the held-out prompts (0: none; needs an evaluator)."""
-    checkpoint_every: NonNegative = 500
+    checkpoint_every: NonNegativeInt = 500
     """Steps between checkpoints (0: only at the end and on interruption)."""
-    keep_checkpoints: AtLeastOne = 3
+    keep_checkpoints: PositiveInt = 3
     """Most recent checkpoints kept; older ones are deleted."""
     progress_bar: StrictBool = True
     """Show a progress bar (rank 0, interactive terminals only)."""

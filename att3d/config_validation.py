@@ -49,6 +49,8 @@ Number = Annotated[float, Strict(), BeforeValidator(_yaml_number)]
 PositiveNumber = Annotated[float, Strict(), Field(gt=0), BeforeValidator(_yaml_number)]
 NonNegativeNumber = Annotated[float, Strict(), Field(ge=0), BeforeValidator(_yaml_number)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1), BeforeValidator(_yaml_number)]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 
 _SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
