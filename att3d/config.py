@@ -146,7 +146,7 @@ class MeshConfig:
     density_threshold: PositiveNumber = 6.93
     """Iso-level on density: ln(2)/0.1, i.e. 50 % opacity across 0.1 world units (densities are >= 0 and
     the grid is padded with 0: a non-positive level has no outside)."""
-    chunk_points: Annotated[StrictInt, Field(ge=1)] = 262144
+    chunk_points: PositiveInt = 262144
     """Points queried per chunk (bounds memory at any resolution)."""
     min_component_fraction: Fraction = 0.02
     """Connected components with fewer faces than this fraction of the largest are dropped."""
