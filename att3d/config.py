@@ -135,6 +135,12 @@ class RenderConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+TextureMode = Literal["vertex", "uv"]
+MarchingCubesMethod = Literal["auto", "skimage", "torch"]
+GridQuery = Literal["coarse_to_fine", "dense"]
+"""The choices of ``MeshConfig`` that callers list too (``typing.get_args``: CLI options, the HTTP schema)."""
+
+
 @config_dataclass("mesh")
 class MeshConfig:
     """Dense field query, marching cubes and export."""
@@ -150,16 +156,16 @@ class MeshConfig:
     """Points queried per chunk (bounds memory at any resolution)."""
     min_component_fraction: Fraction = 0.02
     """Connected components with fewer faces than this fraction of the largest are dropped."""
-    texture: Literal["vertex", "uv"] = "vertex"
+    texture: TextureMode = "vertex"
     """``vertex`` (vertex colours) or ``uv`` (xatlas unwrap + baked PNG texture)."""
     texture_size: Annotated[StrictInt, Field(ge=8)] = 512
     """Side of the baked texture in pixels (``texture=uv``)."""
     decimate_faces: StrictInt = 10000
     """Target face count before UV unwrapping (``texture=uv``; 0 or less: no decimation)."""
-    marching_cubes: Literal["auto", "skimage", "torch"] = "auto"
+    marching_cubes: MarchingCubesMethod = "auto"
     """``skimage``, ``torch`` (``att3d.marching_cubes``, stays on the query device) or ``auto`` (torch on
     CUDA, skimage on the CPU)."""
-    grid_query: Literal["coarse_to_fine", "dense"] = "coarse_to_fine"
+    grid_query: GridQuery = "coarse_to_fine"
     """How a generator queries the coarse and fine grids: ``coarse_to_fine`` (``att3d.fast_inference``: block
     corners first, then only the blocks the surface passes through; the same surface as ``dense`` on smooth
     fields at a fraction of the queries) or ``dense`` (every sample, ``att3d.mesh.extract_mesh``, the
