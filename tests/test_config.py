@@ -154,3 +154,12 @@ def test_json_schema_comes_from_the_declarations() -> None:
     assert mesh["min_component_fraction"]["minimum"] == 0 and mesh["min_component_fraction"]["maximum"] == 1
     assert mesh["density_threshold"]["exclusiveMinimum"] == 0
     assert schema["properties"]["steps"]["description"] == "Optimizer steps."
+
+
+def test_overrides_from_a_mapping_keep_their_values() -> None:
+    """A JSON job request's ``{"dotted.key": value}`` goes through the same walk, its values unparsed."""
+    data = apply_overrides(to_dict(TrainConfig()), {"steps": 7, "model.mesh.texture": "uv", "prior": "1e-2"})
+    config = from_dict(TrainConfig, data)
+    assert (config.steps, config.model.mesh.texture, config.prior) == (7, "uv", "1e-2")
+    with pytest.raises(ConfigError, match=r"override 'steps\.x': 'steps' is not a section"):
+        apply_overrides(data, {"steps.x": 1})
