@@ -1,10 +1,26 @@
-"""Config loading: YAML + overrides, strict keys and types."""
+"""Config loading: YAML + overrides, strict keys and types, values checked where they are declared."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import pydantic
 import pytest
 
-from att3d.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_config, to_dict
+from att3d.config import (
+    ConfigError,
+    MeshConfig,
+    ModelConfig,
+    PromptSetConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    to_dict,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_round_trip_through_plain_data() -> None:
@@ -51,3 +67,99 @@ def test_bad_override_syntax_and_missing_file(tmp_path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(ModelConfig, bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation where the fields are declared (pydantic dataclasses)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.mesh.texture=png"], r"model\.mesh\.texture: must be one of vertex, uv, got 'png'"),
+        (["model.mesh.resolution=1"], r"model\.mesh\.resolution: must be >= 2, got 1"),
+        (["model.mesh.density_threshold=0"], r"model\.mesh\.density_threshold: must be > 0"),
+        (["model.mesh.min_component_fraction=1.5"], r"mesh\.min_component_fraction: must be in \[0, 1\]"),
+        (["model.mesh.grid_query=sparse"], r"model\.mesh\.grid_query: must be one of .*got 'sparse'"),
+        (["model.field.encoding.backend=cuda"], r"field\.encoding\.backend: must be one of torch, tcnn"),
+        (["model.field.density_activation=relu"], r"model\.field\.density_activation: must be one of"),
+        (["sds.weighting=snr"], r"sds\.weighting: must be one of 1-alpha_bar, sqrt\(1-alpha_bar\), uniform"),
+        (["prompts.source=csv"], r"prompts\.source: must be one of list, file, template, shapes, got 'csv'"),
+        (["prompts.split=test"], r"prompts\.split: must be one of train, heldout, all, got 'test'"),
+        (["prompts.slots.color=red"], r"prompts\.slots\.color: expected a list, got 'red'"),
+        (["prompts.prompts=[a, 1]"], r"prompts\.prompts\[1\]: expected a string, got 1"),
+        (["steps=0"], "steps: must be >= 1, got 0"),
+        (["shading_probs=[0.5, 0.6, 0.0]"], "shading_probs: must be 3 probabilities"),
+        (["interp_prob=1.5"], r"interp_prob: must be in \[0, 1\]"),
+        (["interp_concentration=0"], "interp_concentration: must be > 0"),
+        (["progressive_levels=9"], r"progressive_levels: must be in \[0, 8\] \(0: off\), got 9"),
+        (["progressive_levels=2", "level_steps=0"], "level_steps: must be >= 1, got 0"),
+        (
+            ["progressive_levels=2", "level_steps=50", "steps=60"],
+            r"progressive_levels: all 8 levels become active only at step 300,",
+        ),
+        (["optim.grid_lr=.inf"], r"optim\.grid_lr: must be a finite number, got inf"),
+        (["optim.grid_lr=nan"], r"optim\.grid_lr: must be a finite number"),
+        (["progress_bar=1"], "progress_bar: expected true/false, got 1"),
+        (["model=5"], "model: expected a mapping, got int"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_dotted_key(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, overrides)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(TrainConfig, None, ["model.field.colour=1", "steps=0", "model.mesh.resolution=1"])
+    assert str(error.value).startswith("unknown config key in 'model.field': colour (known: ")
+    assert "; model.mesh.resolution: must be >= 2, got 1; steps: must be >= 1, got 0" in str(error.value)
+
+
+def test_construction_and_replace_validate_too() -> None:
+    """A config built in code is checked as one loaded from YAML; errors name the key in its section."""
+    with pytest.raises(ConfigError, match=r"^mesh\.grid_query: must be one of coarse_to_fine, dense"):
+        MeshConfig(resolution=24, grid_query="sparse")
+    with pytest.raises(ConfigError, match=r"^mesh\.resolution: must be >= 2, got 1$"):
+        dataclasses.replace(MeshConfig(), resolution=1)
+    with pytest.raises(ConfigError, match=r"^prompts\.source: must be one of list, file, template, shapes"):
+        PromptSetConfig(source="csv")
+    with pytest.raises(ConfigError, match=r"^prompts\.split: must be one of train, heldout, all, got 'test'"):
+        PromptSetConfig(source="shapes", split="test")
+    with pytest.raises(ConfigError, match=r"^unknown config key in 'mesh': colour"):
+        MeshConfig(colour=1)  # type: ignore[call-arg]
+    assert dataclasses.replace(MeshConfig(), resolution=24).resolution == 24
+
+
+def test_configs_stay_plain_dataclasses() -> None:
+    config = TrainConfig()
+    assert dataclasses.is_dataclass(config)
+    assert [f.name for f in dataclasses.fields(MeshConfig)][:2] == ["resolution", "coarse_resolution"]
+    assert dataclasses.asdict(config)["model"]["mesh"]["resolution"] == 128
+    assert from_dict(TrainConfig, to_dict(config)) == config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path) -> None:
+    assert load_config(TrainConfig, path).steps >= 1
+
+
+def test_json_schema_comes_from_the_declarations() -> None:
+    schema = pydantic.TypeAdapter(TrainConfig).json_schema()
+    assert schema["additionalProperties"] is False
+    mesh = schema["$defs"]["MeshConfig"]["properties"]
+    assert mesh["texture"]["enum"] == ["vertex", "uv"]
+    assert mesh["resolution"]["minimum"] == 2
+    assert mesh["min_component_fraction"]["minimum"] == 0 and mesh["min_component_fraction"]["maximum"] == 1
+    assert mesh["density_threshold"]["exclusiveMinimum"] == 0
+    assert schema["properties"]["steps"]["description"] == "Optimizer steps."
+
+
+def test_overrides_from_a_mapping_keep_their_values() -> None:
+    """A JSON job request's ``{"dotted.key": value}`` goes through the same walk, its values unparsed."""
+    data = apply_overrides(to_dict(TrainConfig()), {"steps": 7, "model.mesh.texture": "uv", "prior": "1e-2"})
+    config = from_dict(TrainConfig, data)
+    assert (config.steps, config.model.mesh.texture, config.prior) == (7, "uv", "1e-2")
+    with pytest.raises(ConfigError, match=r"override 'steps\.x': 'steps' is not a section"):
+        apply_overrides(data, {"steps.x": 1})
