@@ -46,18 +46,15 @@ from typing import Any
 
 import torch
 
-from att3d.config import MeshConfig
 from att3d.devices import resolve_device
 from att3d.generate import Generator
-from att3d.meshing.coarse_to_fine import CoarseToFineOptions
 from att3d.meshing.errors import NoSurfaceError
-from att3d.meshing.export import frames_zip, mesh_to_bytes
-from att3d.meshing.mesher import mesh_embeddings
+from att3d.meshing.export import mesh_to_bytes
 from server.errors import ServiceError
 from server.memory import free_memory, is_out_of_memory, release_freed_memory
+from server.mesh_spec import MeshSpec, batch_meshes, batched_body_alone, per_request_body, response_body
 from server.metrics import Metrics
 from server.result_cache import GenerationResult, ResultCache
-from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE
 from server.settings import ServerSettings
 from server.work_queue import WorkQueue
 
@@ -71,34 +68,8 @@ ModelSource = Generator | Callable[[], Generator]
 
 
 # --------------------------------------------------------------------------------------------------
-# Requests, results and errors
+# Queued work
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MeshSpec:
-    """Everything that determines a response: together with the model hash, the cache key."""
-
-    model: str
-    """Name of the loaded model."""
-    prompts: tuple[str, ...]
-    """Validated prompts (surrounding whitespace stripped)."""
-    walk: tuple[tuple[float, ...], ...]
-    """One weight vector over ``prompts`` per mesh (``((1.0,),)`` for a plain generation)."""
-    frames: bool
-    """``True``: a zip with one mesh per ``walk`` entry; ``False``: the single mesh itself."""
-    resolution: int
-    """Marching-cubes resolution."""
-    texture: str
-    """``vertex`` or ``uv``."""
-    format: str
-    """``glb``, ``obj`` or ``ply``."""
-
-    def __post_init__(self) -> None:
-        if not self.frames and len(self.walk) != 1:
-            raise ValueError("a single-mesh request has exactly one weight vector")
-        if any(len(w) != len(self.prompts) for w in self.walk):
-            raise ValueError("every weight vector needs one weight per prompt")
 
 
 @dataclass
@@ -341,7 +312,7 @@ class Engine:
             generator = self._generators[model]
             started = time.perf_counter()
             try:
-                meshes = _batch_meshes(generator, group)
+                meshes = batch_meshes(generator, [task.spec for task in group])
             except Exception as err:
                 logger.warning(
                     "batched meshing of %d requests failed (%s); meshing each alone", len(group), err
@@ -349,12 +320,12 @@ class Engine:
                 del err
                 free_memory()
                 for task in group:
-                    render = partial(_mesh_bytes_alone, generator, task)
+                    render = partial(batched_body_alone, generator, task.spec)
                     self._run_task(task, render, embed_seconds[task.key])
                 continue
             share = (time.perf_counter() - started) / len(group)
             for task, task_meshes in zip(group, meshes, strict=True):
-                render = partial(_response_body, task.spec, task_meshes)
+                render = partial(response_body, task.spec, task_meshes)
                 self._run_task(task, render, embed_seconds[task.key] + share)
 
     def _run_task(self, task: _Task, render: Callable[[], tuple[bytes, str]], spent_s: float = 0.0) -> None:
@@ -386,62 +357,11 @@ class Engine:
         self._work.finish(task, result=result)
 
     def _mesh_bytes(self, spec: MeshSpec) -> tuple[bytes, str]:
-        """``mesher="per_request"``: the response body (GLB/PLY/OBJ bytes or a frames zip) and its media
-        type, from ``Generator.mesh`` per mesh, exactly as the CLI does."""
+        """``mesher="per_request"``: the response body of ``spec`` from the model it names."""
         generator = self._generators.get(spec.model)
         if generator is None:
             raise ServiceError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
-        config = _mesh_config(generator, spec)
-        with torch.no_grad():
-            meshes = [generator.mesh(generator.blend(list(spec.prompts), list(w)), config) for w in spec.walk]
-        return _response_body(spec, meshes)
-
-
-def _mesh_config(generator: Generator, spec: MeshSpec) -> MeshConfig:
-    """The model's mesh config at the request's resolution and texture."""
-    return dataclasses.replace(generator.config.mesh, resolution=spec.resolution, texture=spec.texture)
-
-
-def _response_body(spec: MeshSpec, meshes: list[Any]) -> tuple[bytes, str]:
-    """Response body and media type for the meshes of ``spec`` (one per ``walk`` entry): the mesh itself,
-    or for a frames request the zip of ``att3d.meshing.export.frames_zip``. An entry that is an exception
-    (a frame with no surface) is raised."""
-    for mesh in meshes:
-        if isinstance(mesh, Exception):
-            raise mesh
-    if not spec.frames:
-        return mesh_to_bytes(meshes[0], spec.format), MEDIA_TYPES[spec.format]
-    return frames_zip(meshes, spec.format, spec.prompts, spec.walk), ZIP_MEDIA_TYPE
-
-
-def _batch_meshes(generator: Generator, tasks: list[_Task]) -> list[list[Any]]:
-    """Every mesh of ``tasks`` (same model, resolution and texture) from one ``mesh_embeddings`` pass: per
-    task, its meshes (or the ``NoSurfaceError`` of a frame without surface)."""
-    config = _mesh_config(generator, tasks[0].spec)
-    embeddings, owner = [], []
-    with torch.no_grad():
-        for i, task in enumerate(tasks):
-            for weights in task.spec.walk:
-                embeddings.append(generator.blend(list(task.spec.prompts), list(weights)))
-                owner.append(i)
-        # The coarse-to-fine defaults (larger query chunks than mesh.chunk_points): GPU throughput.
-        meshes = mesh_embeddings(
-            generator.field,
-            torch.stack(embeddings),
-            config,
-            generator.device,
-            options=CoarseToFineOptions(),
-            return_exceptions=True,
-        )
-    per_task: list[list[Any]] = [[] for _ in tasks]
-    for i, mesh in zip(owner, meshes, strict=True):
-        per_task[i].append(mesh)
-    return per_task
-
-
-def _mesh_bytes_alone(generator: Generator, task: _Task) -> tuple[bytes, str]:
-    """One task through the batched mesher on its own (the fallback after a failed group)."""
-    return _response_body(task.spec, _batch_meshes(generator, [task])[0])
+        return per_request_body(generator, spec)
 
 
 def _classify(err: Exception) -> ServiceError:

@@ -12,8 +12,9 @@ from fastapi.responses import Response
 
 from att3d.generate import interpolation_weights
 from server.deps import EngineDep, SettingsDep
-from server.engine import Engine, MeshSpec
+from server.engine import Engine
 from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
+from server.mesh_spec import MeshSpec
 from server.result_cache import GenerationResult
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE, GenerateRequest, InterpolateRequest, MeshOptions
 from server.settings import ServerSettings

@@ -20,7 +20,8 @@ from server_fakes import (
 
 from att3d.generate import Generator
 from att3d.meshing.export import mesh_to_bytes
-from server.engine import Engine, MeshSpec
+from server.engine import Engine
+from server.mesh_spec import MeshSpec
 from server.work_queue import QueueFull
 
 RES = 16
