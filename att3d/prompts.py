@@ -170,7 +170,7 @@ def _read_prompt_file(path: str, limit: dict[str, int]) -> list[str]:
 
 def _shapes_prompts(config: PromptSetConfig) -> tuple[list[str], list[str]]:
     """ShapesWorld prompts for the configured split (imported here: only this source needs the world)."""
-    from att3d.shapes.world import load_splits
+    from att3d.shapes.splits import load_splits
 
     if config.heldout:
         raise PromptSetError(

@@ -22,7 +22,7 @@ import torch
 
 from att3d.atomic import write_json_atomic
 from att3d.generate import Generator
-from att3d.shapes.world import load_splits
+from att3d.shapes.splits import load_splits
 
 
 def main() -> None:

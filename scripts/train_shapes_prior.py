@@ -62,7 +62,8 @@ from att3d.shapes.classifier import (
     train_classifier,
 )
 from att3d.shapes.render import RenderedViews, render_dataset
-from att3d.shapes.world import ShapeObject, load_splits
+from att3d.shapes.splits import load_splits
+from att3d.shapes.world import ShapeObject
 
 EMBEDDINGS_KEY = "embeddings"
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from att3d.shapes.world import ShapeObject, Splits
+    from att3d.shapes.splits import Splits
+    from att3d.shapes.world import ShapeObject
 
 SPLIT_CHOICES = ("train", "heldout", "all")
 """Values of ``--split``."""
@@ -52,7 +53,7 @@ def split_cases(split: str, all_phrasings: bool = False, splits: Splits | None =
 
     Each object contributes its canonical prompt, or with ``all_phrasings`` every phrasing it has.
     """
-    from att3d.shapes.world import load_splits
+    from att3d.shapes.splits import load_splits
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
@@ -74,7 +75,8 @@ def read_cases(path: str | Path, splits: Splits | None = None) -> list[EvalCase]
     prompt and a shape and colour named as in the world (``SHAPE_NAMES``, ``COLOR_NAMES``).
     """
     from att3d.limits import PromptError, validate_prompt
-    from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject, load_splits
+    from att3d.shapes.splits import load_splits
+    from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject
 
     path = Path(path)
     if not path.exists():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from att3d.shapes.eval_cases import CaseFileError, read_cases, split_cases
-from att3d.shapes.world import ShapeObject, load_splits
+from att3d.shapes.splits import load_splits
+from att3d.shapes.world import ShapeObject
 
 
 def test_split_cases() -> None:
