@@ -13,10 +13,11 @@ import argparse
 import dataclasses
 import statistics
 import time
+import typing
 from pathlib import Path
 
+from att3d.config import GridQuery
 from att3d.generate import Generator
-from att3d.meshing.checks import GRID_QUERIES
 from att3d.meshing.export import mesh_to_bytes
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--prompt", default="a red cube")
     parser.add_argument(
         "--grid-query",
-        choices=GRID_QUERIES,
+        choices=typing.get_args(GridQuery),
         default=None,
         help="MeshConfig.grid_query (default: the model's)",
     )

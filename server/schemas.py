@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from att3d.config import TextureMode
 from att3d.limits import DEFAULT_MAX_PROMPT_CHARS, RESOLUTION_RANGE, validate_prompt
 
 MeshFormat = Literal["glb", "obj", "ply"]
-TextureMode = Literal["vertex", "uv"]
 
 MEDIA_TYPES: dict[str, str] = {
     "glb": "model/gltf-binary",

@@ -6,15 +6,17 @@ Checks run before a model is loaded; files are written atomically (nothing is le
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from att3d.commands.errors import UserError
+from att3d.config import TextureMode
 
 MESH_EXTENSIONS = (".glb", ".obj", ".ply")
-TEXTURE_MODES = ("vertex", "uv")
+TEXTURE_MODES = typing.get_args(TextureMode)
 
 CheckpointOption = Annotated[
     Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint directory (default: the bundled model).")

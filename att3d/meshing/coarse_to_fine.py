@@ -45,7 +45,6 @@ from torch import Tensor
 
 from att3d.config import MeshConfig
 from att3d.field import AmortizedField
-from att3d.meshing.checks import check_mesh_config
 from att3d.meshing.components import keep_large_components
 from att3d.meshing.errors import NoSurfaceError, no_surface_error
 from att3d.meshing.grid import (
@@ -138,7 +137,6 @@ class CoarseToFineMesher:
         options: CoarseToFineOptions | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        check_mesh_config(config, field.config.bound)
         if config.texture != "vertex":
             # The UV unwrap (xatlas) and bake run on the host: att3d.meshing.mesher meshes those densely.
             raise ValueError(

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import trimesh
 
-from att3d.config import MeshConfig
-from att3d.meshing.checks import check_mesh_config
+from att3d.config import ConfigError, MeshConfig
 from att3d.meshing.components import drop_small_components
 from att3d.meshing.errors import no_surface_error
 from att3d.meshing.grid import fine_grid, occupied_box
@@ -38,7 +37,8 @@ def extract_mesh(
     or textured (UV + baked PNG) per ``config.texture``. Raises :class:`NoSurfaceError` when no grid
     sample exceeds the threshold. Objects thinner than a coarse cell can be missed by the coarse pass.
     """
-    check_mesh_config(config, bound)
+    if not bound > 0:  # the mesh.* values are checked by MeshConfig itself
+        raise ConfigError(f"bound must be > 0, got {bound}")
     threshold = config.density_threshold
     box_lo, box_hi = np.full(3, -bound), np.full(3, bound)
 

@@ -22,10 +22,13 @@ ambiguous faces, so almost never on smooth fields) are fanned around an extra ve
 from __future__ import annotations
 
 import functools
+import typing
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from att3d.config import MarchingCubesMethod
 
 # Corner c of a cell sits at offset (c & 1, c >> 1 & 1, c >> 2 & 1) from the cell's lowest grid sample.
 _CORNERS = tuple((c & 1, (c >> 1) & 1, (c >> 2) & 1) for c in range(8))
@@ -318,7 +321,7 @@ def marching_cubes(volume: Tensor, level: float) -> tuple[Tensor, Tensor]:
 # Choosing an implementation (MeshConfig.marching_cubes)
 # --------------------------------------------------------------------------------------------------
 
-METHODS = ("auto", "skimage", "torch")
+METHODS = typing.get_args(MarchingCubesMethod)
 """Values of ``MeshConfig.marching_cubes``."""
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from att3d.config import to_dict
-from server.errors import ServiceError
 from att3d.training.run_folder import latest_checkpoint
+from server.errors import ServiceError
 from server.jobs.processes import process_alive, process_start_time
 from server.jobs.requests import build_train_config, request_digest
 from server.jobs.store import JobStore

@@ -151,16 +151,21 @@ def test_no_surface_message_reports_the_max_density_seen():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"texture": "png"}, "mesh.texture must be 'vertex' or 'uv', got 'png'"),
-        ({"resolution": 1}, "mesh.resolution must be >= 2, got 1"),
-        ({"density_threshold": 0.0}, "mesh.density_threshold must be > 0"),
-        ({"min_component_fraction": 1.5}, "mesh.min_component_fraction must be in [0, 1]"),
+        ({"texture": "png"}, "mesh.texture: must be one of vertex, uv, got 'png'"),
+        ({"resolution": 1}, "mesh.resolution: must be >= 2, got 1"),
+        ({"density_threshold": 0.0}, "mesh.density_threshold: must be > 0"),
+        ({"min_component_fraction": 1.5}, "mesh.min_component_fraction: must be in [0, 1]"),
     ],
 )
 def test_bad_config_is_rejected_by_name(change, message):
     with pytest.raises(ConfigError) as error:
         extract_mesh(sphere_field(), replace(CONFIG, **change))
     assert message in str(error.value)
+
+
+def test_non_positive_bound_is_rejected():
+    with pytest.raises(ConfigError, match=r"^bound must be > 0, got 0"):
+        extract_mesh(sphere_field(), CONFIG, bound=0.0)
 
 
 def test_vertex_colours_are_the_albedo_at_the_vertices(sphere_mesh):

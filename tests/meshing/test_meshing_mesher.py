@@ -68,5 +68,5 @@ def test_no_surface_names_the_threshold_on_both_paths(grid_query) -> None:
 
 def test_unknown_grid_query_is_rejected() -> None:
     generator = Generator.seeded(tiny_model_config(), seed=0)
-    with pytest.raises(ConfigError, match=r"mesh\.grid_query must be one of .*got 'sparse'"):
+    with pytest.raises(ConfigError, match=r"mesh\.grid_query: must be one of .*got 'sparse'"):
         generator.generate("a red cube", MeshConfig(resolution=24, grid_query="sparse"))
