@@ -374,7 +374,7 @@ def build_plan(settings: BenchSettings) -> Plan:
     if amortized.progressive_levels or per_prompt.progressive_levels:
         raise ConfigError(
             "progressive_levels: not supported here (segments that stop before every level is active are "
-            "rejected by att3d.training.checks)"
+            "rejected by TrainConfig)"
         )
 
     all_train_cases = split_cases("train")

@@ -92,6 +92,16 @@ def test_bad_override_syntax_and_missing_file(tmp_path) -> None:
         (["steps=0"], "steps: must be >= 1, got 0"),
         (["shading_probs=[0.5, 0.6, 0.0]"], "shading_probs: must be 3 probabilities"),
         (["interp_prob=1.5"], r"interp_prob: must be in \[0, 1\]"),
+        (["interp_prompts=1"], "interp_prompts: must be >= 2"),
+        (["keep_checkpoints=0"], "keep_checkpoints: must be >= 1"),
+        (
+            ["model.field.encoding.levels=4", "progressive_levels=9"],
+            r"progressive_levels: must be in \[0, 4\]",
+        ),
+        (
+            ["model.field.encoding.levels=4", "progressive_levels=2", "level_steps=50", "steps=60"],
+            "progressive_levels: all 4 levels become active only at step 100",
+        ),
         (["interp_concentration=0"], "interp_concentration: must be > 0"),
         (["progressive_levels=9"], r"progressive_levels: must be in \[0, 8\] \(0: off\), got 9"),
         (["progressive_levels=2", "level_steps=0"], "level_steps: must be >= 1, got 0"),

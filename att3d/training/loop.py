@@ -1,10 +1,11 @@
 """The training loop: amortized score distillation of one generator over a whole prompt set (ATT3D).
 
-:func:`train` checks the config, joins the process group, sets the run up (``setup``), resumes it
-(``state``), then alternates :func:`att3d.training.step.forward_backward` and ``optimizer.step()`` until
-``config.steps``. Everything else that happens during a run (progress, TensorBoard, previews,
-checkpoints, evaluation) is a callback (``callbacks``) run after the steps it is due at. A stop request
-(the cancel flag, SIGINT or SIGTERM) ends the loop at a step boundary; the last checkpoint is saved then.
+:func:`train` joins the process group (the ``TrainConfig`` checked its values when it was built), sets
+the run up (``setup``), resumes it (``state``), then alternates
+:func:`att3d.training.step.forward_backward` and ``optimizer.step()`` until ``config.steps``. Everything
+else that happens during a run (progress, TensorBoard, previews, checkpoints, evaluation) is a callback
+(``callbacks``) run after the steps it is due at. A stop request (the cancel flag, SIGINT or SIGTERM) ends
+the loop at a step boundary; the last checkpoint is saved then.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from att3d.training.callbacks import (
     default_evaluator,
     run_callbacks,
 )
-from att3d.training.checks import check_train_config
 from att3d.training.distributed import DistInfo, any_rank, init_distributed, reduce_scalars, wrap_ddp
 from att3d.training.errors import TrainingDiverged, TrainingError
 from att3d.training.run_folder import latest_checkpoint
@@ -110,7 +110,6 @@ def train(
     SIGTERM when called from the main thread. A NaN/Inf loss raises :class:`TrainingDiverged` without
     saving, so the newest checkpoint stays the last good one.
     """
-    check_train_config(config)
     out_dir = Path(out_dir)
     info = init_distributed(config.device)
     try:

@@ -40,9 +40,9 @@ def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainCo
     data["device"] = settings.job_device
     data["progress_bar"] = False
     try:
-        config = from_dict(TrainConfig, data)
+        config = from_dict(TrainConfig, data, path="config")  # checks every value, naming config.<key>
     except ConfigError as err:
-        raise ServiceError(422, "invalid_request", f"config: {err}", "config") from None
+        raise ServiceError(422, "invalid_request", str(err), "config") from None
     if config.prior not in settings.job_priors:
         raise ServiceError(
             422,
@@ -51,12 +51,7 @@ def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainCo
             "config",
         )
     from att3d.prompts import load_prompt_set
-    from att3d.training.checks import check_train_config
 
-    try:
-        check_train_config(config)
-    except ConfigError as err:
-        raise ServiceError(422, "invalid_request", f"config.{err}", "config") from None
     try:
         prompt_set = load_prompt_set(config.prompts, max_chars=config.model.text.max_prompt_chars)
     except (ConfigError, ValueError) as err:
