@@ -8,6 +8,7 @@ of the tiny generator.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from att3d.config import EncodingConfig, FieldConfig, MeshConfig, ModelConfig, TextConfig, TrainConfig
+from att3d.config import ModelConfig, TrainConfig
 from att3d.text import get_text_encoder, register_text_encoder
+
+from conftest import tiny_model_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 ENCODER = "test-hash"
@@ -45,28 +48,28 @@ register_text_encoder(ENCODER, HashEncoder, overwrite=True)
 
 
 def tiny_config() -> ModelConfig:
-    """A generator small enough to mesh at resolution 16-32 in a fraction of a second on a CPU."""
-    encoding = EncodingConfig(levels=4, log2_table_size=12, base_resolution=8, growth_factor=1.6)
-    return ModelConfig(
-        field=FieldConfig(encoding=encoding, num_bases=4, hidden_dim=16),
-        text=TextConfig(encoder=ENCODER),
-        mesh=MeshConfig(resolution=24, coarse_resolution=16, texture_size=64),
-    )
+    """The tests' tiny generator (conftest) with the hashing encoder, meshed at 24³ with small textures."""
+    return tiny_model_config(f"text.encoder={ENCODER}", "mesh.resolution=24", "mesh.texture_size=64")
+
+
+JOB_KEYS = (
+    "field.encoding.levels",
+    "field.encoding.log2_table_size",
+    "field.encoding.base_resolution",
+    "field.encoding.growth_factor",
+    "field.num_bases",
+    "field.hidden_dim",
+    "text.encoder",
+    "mesh.resolution",
+    "mesh.coarse_resolution",
+)
+"""The settings of :func:`tiny_config` a job sets (the rest of the tiny generator is the job's default)."""
 
 
 def tiny_config_overrides() -> dict[str, object]:
     """``POST /v1/jobs`` config entries that make a job train (and save) the tiny generator."""
-    return {
-        "model.field.encoding.levels": 4,
-        "model.field.encoding.log2_table_size": 12,
-        "model.field.encoding.base_resolution": 8,
-        "model.field.encoding.growth_factor": 1.6,
-        "model.field.num_bases": 4,
-        "model.field.hidden_dim": 16,
-        "model.text.encoder": ENCODER,
-        "model.mesh.resolution": 24,
-        "model.mesh.coarse_resolution": 16,
-    }
+    config = tiny_config()
+    return {f"model.{key}": functools.reduce(getattr, key.split("."), config) for key in JOB_KEYS}
 
 
 def tiny_generator(seed: int = 0, prompts: list[str] | None = None):  # -> Generator

@@ -19,13 +19,15 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from att3d.checkpoint import load_checkpoint, load_tensors
-from att3d.config import TrainConfig, load_config
+from att3d.config import TrainConfig
 from att3d.priors.base import DiffusionPrior, eps_from_sample, guided
 from att3d.training.distributed import init_distributed, wrap_ddp
 from att3d.training.loop import train
 from att3d.training.run_folder import TRAIN_STATE_FILE, list_checkpoints
 from att3d.training.setup import setup_run
 from att3d.training.step import forward_backward
+
+from conftest import tiny_train_config
 
 TEXT_DIM = 8
 PROMPTS = ["a red cube", "a blue cone", "a green ball", "a gray torus"]
@@ -79,27 +81,16 @@ class ToyPrior(DiffusionPrior):
 
 
 def _config(*overrides: str) -> TrainConfig:
-    return load_config(
-        TrainConfig,
-        overrides=[
-            f"model.field.text_dim={TEXT_DIM}",
-            "model.field.num_bases=4",
-            "model.field.hidden_dim=16",
-            "model.field.hidden_layers=1",
-            "model.field.encoding.levels=4",
-            "model.field.encoding.log2_table_size=10",
-            "model.field.encoding.base_resolution=8",
-            "model.render.image_size=16",
-            "model.render.samples_per_ray=16",
-            f"prompts.prompts=[{', '.join(PROMPTS)}]",
-            "prompts_per_step=1",
-            "albedo_steps=100",
-            "device=cpu",
-            "log_every=0",
-            "preview_every=0",
-            "progress_bar=false",
-            *overrides,
-        ],
+    return tiny_train_config(
+        f"model.field.text_dim={TEXT_DIM}",
+        f"prompts.prompts=[{', '.join(PROMPTS)}]",
+        "prompts_per_step=1",
+        "albedo_steps=100",
+        "device=cpu",
+        "log_every=0",
+        "preview_every=0",
+        "progress_bar=false",
+        *overrides,
     )
 
 

@@ -12,9 +12,11 @@ import hashlib
 import torch
 
 from att3d.checkpoint import load_checkpoint
-from att3d.config import TrainConfig, load_config
+from att3d.config import TrainConfig
 from att3d.priors.base import DiffusionPrior, PriorCondition, eps_from_sample, guided
 from att3d.training.loop import train
+
+from conftest import tiny_train_config
 
 TEXT_DIM = 8
 
@@ -67,14 +69,6 @@ class ToyPrior(DiffusionPrior):
 
 TINY = [
     f"model.field.text_dim={TEXT_DIM}",
-    "model.field.num_bases=4",
-    "model.field.hidden_dim=16",
-    "model.field.hidden_layers=1",
-    "model.field.encoding.levels=4",
-    "model.field.encoding.log2_table_size=10",
-    "model.field.encoding.base_resolution=8",
-    "model.render.image_size=16",
-    "model.render.samples_per_ray=16",
     "prompts.prompts=[a red cube, a blue cone, a green ball]",
     "prompts_per_step=2",
     "device=cpu",
@@ -86,7 +80,7 @@ TINY = [
 
 
 def tiny_config(*overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, overrides=[*TINY, *overrides])
+    return tiny_train_config(*TINY, *overrides)
 
 
 def run_train(config: TrainConfig, out, **kwargs):
