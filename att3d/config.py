@@ -29,12 +29,9 @@ from att3d.config_validation import (
     config_dataclass,
     validate,
 )
+from att3d.limits import DEFAULT_MAX_PROMPT_CHARS
 
 T = TypeVar("T")
-
-RESOLUTION_RANGE = (16, 512)
-"""Marching-cubes resolutions a generation request may ask for (CLI ``-r``, HTTP ``resolution``); a
-``MeshConfig`` itself takes any ``resolution >= 2``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ class TextConfig:
 
     encoder: StrictStr = "minilm"
     """Encoder id: ``minilm`` (bundled all-MiniLM-L6-v2) or a registered encoder name."""
-    max_prompt_chars: StrictInt = 1000
+    max_prompt_chars: StrictInt = DEFAULT_MAX_PROMPT_CHARS
     """Longer prompts are rejected."""
     cache_dir: StrictStr = ""
     """On-disk embedding cache; empty means ``$ATT3D_CACHE`` or ``~/.cache/att3d``."""

@@ -7,7 +7,8 @@ the model stack.
 from __future__ import annotations
 
 RESOLUTION_RANGE = (16, 512)
-"""Smallest and largest marching-cubes resolution (memory and time grow with its cube)."""
+"""Smallest and largest marching-cubes resolution a generation request may ask for (CLI ``-r``, HTTP
+``resolution``; memory and time grow with its cube). A ``MeshConfig`` itself takes any ``resolution >= 2``."""
 
 DEFAULT_MAX_PROMPT_CHARS = 1000
 """Prompts longer than this (after stripping) are rejected by :func:`validate_prompt`."""
