@@ -233,6 +233,10 @@ class SDSConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+ShapesSplit = Literal["train", "heldout", "all"]
+"""The ShapesWorld splits: trained on (``prompts.split``) and scored (``att3d eval --split``)."""
+
+
 @config_dataclass("prompts")
 class PromptSetConfig:
     """Where the training prompts (and the held-out prompts scored separately) come from."""
@@ -249,7 +253,7 @@ class PromptSetConfig:
     """Values of every template slot; the prompts are all combinations (``source=template``)."""
     heldout: list[StrictStr] = dataclasses.field(default_factory=list)
     """Held-out prompts: removed from the template's combinations, or extra prompts for list/file."""
-    split: Literal["train", "heldout", "all"] = "train"
+    split: ShapesSplit = "train"
     """ShapesWorld split trained on: ``train`` (held out: ``heldout``), ``heldout`` or ``all``."""
     all_phrasings: StrictBool = False
     """ShapesWorld: every phrasing of each object instead of the canonical ``a red cube`` only."""

@@ -24,9 +24,6 @@ from pathlib import Path
 from att3d.config import ConfigError, PromptSetConfig
 from att3d.limits import PromptError, validate_prompt
 
-SOURCES = ("list", "file", "template", "shapes")
-SHAPES_SPLITS = ("train", "heldout", "all")
-
 
 class PromptSetError(ConfigError):
     """A prompt set cannot be built; the message names the source and the offending prompt or key."""
@@ -65,10 +62,8 @@ def load_prompt_set(config: PromptSetConfig, max_chars: int | None = None) -> Pr
             )
         held = set(heldout)
         train = [p for p in expanded if p not in held]
-    elif config.source == "shapes":
+    else:  # "shapes" (PromptSetConfig admits only the four sources)
         train, heldout = _shapes_prompts(config)
-    else:
-        raise PromptSetError(f"prompts.source must be one of {', '.join(SOURCES)}, got {config.source!r}")
 
     if not train:
         raise PromptSetError(f"prompt set is empty (prompts.source={config.source})")
@@ -176,8 +171,6 @@ def _shapes_prompts(config: PromptSetConfig) -> tuple[list[str], list[str]]:
         raise PromptSetError(
             "prompts.heldout is not used with source=shapes: the split decides what is held out"
         )
-    if config.split not in SHAPES_SPLITS:
-        raise PromptSetError(f"prompts.split must be one of {', '.join(SHAPES_SPLITS)}, got {config.split!r}")
     splits = load_splits()
     groups = {
         "train": (splits.train, splits.heldout),

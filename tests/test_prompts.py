@@ -70,7 +70,6 @@ def test_shapes_splits_are_disjoint_and_canonical():
         (PromptSetConfig(prompts=["a", "   "]), r"prompts\.prompts\[1\]: prompt contains only whitespace"),
         (PromptSetConfig(prompts=["a" * 30]), r"prompt is too long: 30 characters \(limit 20\)"),
         (PromptSetConfig(prompts=["a", "b"], heldout=["b"]), "'b' is both a training and a held-out prompt"),
-        (PromptSetConfig(source="csv"), "prompts.source must be one of list, file, template, shapes"),
         (PromptSetConfig(source="file"), "prompts.path is empty"),
         (
             PromptSetConfig(source="file", path="/no/such/prompts.txt"),
@@ -108,7 +107,6 @@ def test_shapes_splits_are_disjoint_and_canonical():
             ),
             "prompt set is empty",
         ),
-        (PromptSetConfig(source="shapes", split="test"), "prompts.split must be one of train, heldout, all"),
         (
             PromptSetConfig(source="shapes", heldout=["a red cube"]),
             "prompts.heldout is not used with source=shapes",
@@ -116,6 +114,8 @@ def test_shapes_splits_are_disjoint_and_canonical():
     ],
 )
 def test_bad_prompt_sets_are_rejected_with_a_clear_message(config, message):
+    # An unknown source or split never reaches load_prompt_set: PromptSetConfig rejects it when built
+    # (tests/test_config.py::test_construction_and_replace_validate_too).
     with pytest.raises(PromptSetError, match=message):
         load_prompt_set(config, max_chars=20)
 

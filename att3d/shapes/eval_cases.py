@@ -9,15 +9,18 @@ phrasing can be scored against a named ground truth (``att3d.shapes.evaluate``).
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from att3d.config import ShapesSplit
 
 if TYPE_CHECKING:
     from att3d.shapes.splits import Splits
     from att3d.shapes.world import ShapeObject
 
-SPLIT_CHOICES = ("train", "heldout", "all")
+SPLIT_CHOICES = typing.get_args(ShapesSplit)
 """Values of ``--split``."""
 CASE_KEYS = ("prompt", "shape", "color")
 """Keys of a case-file line (all required, no others)."""
