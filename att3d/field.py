@@ -60,10 +60,6 @@ class FieldHead(nn.Module):
             in_dim = config.hidden_dim
         layers.append(nn.Linear(in_dim, 4))
         self.mlp = nn.Sequential(*layers)
-        if config.density_activation not in ("trunc_exp", "softplus"):
-            raise ValueError(
-                f"field.density_activation must be trunc_exp or softplus, got {config.density_activation!r}"
-            )
 
     def blob(self, points: Tensor) -> Tensor:
         """Density-blob bias ``λ (1 - |x| / r)``: keeps the scene from collapsing to empty early on."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from att3d.config import EncodingConfig, FieldConfig
+from att3d.config import ConfigError, EncodingConfig, FieldConfig
 from att3d.field import AmortizedField, trunc_exp
 
 
@@ -85,5 +85,6 @@ def test_trunc_exp_gradient_is_clamped() -> None:
 
 
 def test_unknown_density_activation_is_rejected() -> None:
-    with pytest.raises(ValueError, match="density_activation"):
+    message = r"^field\.density_activation: must be one of trunc_exp, softplus, got 'relu'"
+    with pytest.raises(ConfigError, match=message):
         AmortizedField(tiny_config(density_activation="relu"))

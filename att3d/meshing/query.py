@@ -42,10 +42,6 @@ BatchQuery = Callable[[Tensor, Sequence[int]], tuple[Tensor, Tensor]]
 """``query(points [N, 3], counts)`` → density ``[N]`` (float32), albedo ``[N, 3]``; the points are
 ``len(counts)`` contiguous runs, run ``p`` (``counts[p]`` points) belonging to prompt ``p`` of the batch."""
 
-IMPLEMENTATIONS = ("auto", "torch", "tcnn")
-"""Values of ``encoding.backend``: the grid lookup of :class:`BatchFieldQuery`."""
-
-
 # --------------------------------------------------------------------------------------------------
 # One field (dense path)
 # --------------------------------------------------------------------------------------------------
