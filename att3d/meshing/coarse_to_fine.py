@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import trimesh
+from pydantic import StrictBool
 from torch import Tensor
 
 from att3d.config import MeshConfig
+from att3d.config_validation import NonNegativeInt, PositiveInt, config_dataclass
 from att3d.field import AmortizedField
 from att3d.meshing.components import keep_large_components
 from att3d.meshing.errors import NoSurfaceError, no_surface_error
@@ -64,51 +67,36 @@ from att3d.meshing.query import BatchFieldQuery, BatchQuery, query_chunked
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
+@config_dataclass("")
 class CoarseToFineOptions:
-    """How :class:`CoarseToFineMesher` trades accuracy for speed (the grids come from ``MeshConfig``)."""
+    """How :class:`CoarseToFineMesher` trades accuracy for speed (the grids come from ``MeshConfig``).
 
-    dtype: str = "auto"
+    Validated on construction like the configs (:mod:`att3d.config_validation`): a bad value raises
+    ``ConfigError`` naming the field, e.g. ``block: must be >= 1, got 0``.
+    """
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Precision of the mixed grids and the MLP head: ``float32``, ``bfloat16``, ``float16`` or ``auto``
     (float16 on CUDA, float32 on the CPU)."""
-    block: int = 4
+    block: PositiveInt = 4
     """Side of a coarse-to-fine block in fine samples (1: query every fine sample)."""
-    coarse_block: int = 4
+    coarse_block: PositiveInt = 4
     """The same for the coarse pass over the scene box, in coarse samples (1: query all
     ``coarse_resolution^3`` of them, as ``extract_mesh`` does)."""
-    dilation: int = 0
+    dilation: NonNegativeInt = 0
     """Blocks around each straddling block queried from the start (the region also grows on its own
     wherever the surface leaves it)."""
-    chunk_points: int = 1 << 21
+    chunk_points: PositiveInt = 1 << 21
     """Points per query call (bounds the memory of the interpolation temporaries)."""
-    max_stack_samples: int = 1 << 28
+    max_stack_samples: PositiveInt = 1 << 28
     """Most grid samples meshed in one marching-cubes call; larger batches are meshed in groups."""
-    compile: bool = False
+    compile: StrictBool = False
     """``torch.compile`` the field query (CUDA only; recompiles for new shapes, so warm it up)."""
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
             return torch.float16 if device.type == "cuda" else torch.float32
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
         return DTYPES[self.dtype]
-
-    def check(self) -> None:
-        problems = []
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            problems.append(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.block < 1:
-            problems.append(f"block must be >= 1, got {self.block}")
-        if self.coarse_block < 1:
-            problems.append(f"coarse_block must be >= 1, got {self.coarse_block}")
-        if self.dilation < 0:
-            problems.append(f"dilation must be >= 0, got {self.dilation}")
-        if self.chunk_points < 1:
-            problems.append(f"chunk_points must be >= 1, got {self.chunk_points}")
-        if self.max_stack_samples < 1:
-            problems.append(f"max_stack_samples must be >= 1, got {self.max_stack_samples}")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 _MAX_ROUNDS = 16
@@ -143,7 +131,6 @@ class CoarseToFineMesher:
                 f"coarse-to-fine meshes carry vertex colours, not mesh.texture={config.texture!r}"
             )
         self.options = options or CoarseToFineOptions()
-        self.options.check()
         self.field = field.eval()
         self.config = config
         self.device = torch.device(device) if device is not None else next(field.parameters()).device

@@ -11,7 +11,7 @@ import pytest
 import torch
 import trimesh
 
-from att3d.config import EncodingConfig, FieldConfig, MeshConfig
+from att3d.config import ConfigError, EncodingConfig, FieldConfig, MeshConfig
 from att3d.field import AmortizedField
 from att3d.meshing.coarse_to_fine import CoarseToFineMesher, CoarseToFineOptions
 from att3d.meshing.dense import extract_mesh
@@ -190,17 +190,34 @@ def test_bad_input(field):
     mesher = CoarseToFineMesher(field, MESH)
     with pytest.raises(ValueError, match=r"embeddings must be \[P, 16\]"):
         mesher.meshes(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"^block must be >= 1"):
+    with pytest.raises(ValueError, match=r"^block: must be >= 1"):
         CoarseToFineMesher(field, MESH, CoarseToFineOptions(block=0))
-    with pytest.raises(ValueError, match=r"^coarse_block must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^coarse_block: must be >= 1, got 0"):
         CoarseToFineMesher(field, MESH, CoarseToFineOptions(coarse_block=0))
-    with pytest.raises(ValueError, match="dtype must be auto or one of float32"):
+    with pytest.raises(
+        ValueError, match=r"^dtype: must be one of auto, float32, bfloat16, float16, got 'int8'"
+    ):
         CoarseToFineMesher(field, MESH, CoarseToFineOptions(dtype="int8"))
     with pytest.raises(ValueError, match="eval mode"):
         TorchBatchQuery(AmortizedField(field.config), torch.zeros(1, TEXT_DIM), torch.float32)
     query = BatchFieldQuery(field, torch.zeros(2, TEXT_DIM), torch.float32)
     with pytest.raises(ValueError, match="got 1 point runs for 2 prompts"):
         query(torch.zeros(4, 3), [4])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dilation": -1}, r"^dilation: must be >= 0, got -1$"),
+        ({"chunk_points": 0}, r"^chunk_points: must be >= 1, got 0$"),
+        ({"max_stack_samples": 0}, r"^max_stack_samples: must be >= 1, got 0$"),
+        ({"block": 2.5}, r"^block: expected an integer, got 2\.5$"),
+        ({"compile": "yes"}, r"^compile: expected true/false, got 'yes'$"),
+    ],
+)
+def test_options_are_checked_where_declared(change, message):
+    with pytest.raises(ConfigError, match=message):
+        CoarseToFineOptions(**change)
 
 
 def test_auto_dtype():
