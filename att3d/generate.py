@@ -22,7 +22,7 @@ from torch import Tensor
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.field import AmortizedField, PromptField
-from att3d.limits import RESOLUTION_RANGE, validate_prompt
+from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.mesher import mesh_embeddings
 from att3d.text import TextEncoder, get_text_encoder
@@ -147,7 +147,6 @@ class Generator:
     def mesh(self, embedding: Tensor, mesh_config: MeshConfig | None = None) -> trimesh.Trimesh:
         """Mesh of the field conditioned on ``embedding [D]`` (``mesh_config.grid_query`` picks the path)."""
         config = mesh_config or self.config.mesh
-        check_resolution(config.resolution)
         # One prompt alone through the mesher: the result depends on nothing but this request.
         embeddings = embedding.to(self.device)[None]
         mesh = mesh_embeddings(self.field, embeddings, config, self.device, return_exceptions=True)[0]
@@ -170,14 +169,6 @@ class Generator:
             "parameters": sum(p.numel() for p in self.field.parameters()),
             "config": to_dict(self.config),
         }
-
-
-def check_resolution(resolution: int) -> int:
-    """Reject marching-cubes resolutions outside :data:`RESOLUTION_RANGE`."""
-    lo, hi = RESOLUTION_RANGE
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or not lo <= resolution <= hi:
-        raise ValueError(f"resolution must be an integer in [{lo}, {hi}], got {resolution!r}")
-    return resolution
 
 
 def interpolation_weights(num_prompts: int, frames: int) -> list[list[float]]:

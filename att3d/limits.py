@@ -1,4 +1,4 @@
-"""Limits on what a user may ask for (prompt length, marching-cubes resolution) and the prompt check.
+"""Limits on what a user may ask for (prompt length, marching-cubes resolution) and their checks.
 
 Torch-free on purpose: the HTTP request schemas (``server.schemas``) validate with these without loading
 the model stack.
@@ -12,6 +12,15 @@ RESOLUTION_RANGE = (16, 512)
 
 DEFAULT_MAX_PROMPT_CHARS = 1000
 """Prompts longer than this (after stripping) are rejected by :func:`validate_prompt`."""
+
+
+def check_resolution(resolution: object) -> int:
+    """``resolution``, if it is an integer in :data:`RESOLUTION_RANGE` (the CLI's ``-r``; over HTTP the
+    request schema declares the same range)."""
+    lo, hi = RESOLUTION_RANGE
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or not lo <= resolution <= hi:
+        raise ValueError(f"resolution must be an integer in [{lo}, {hi}], got {resolution!r}")
+    return resolution
 
 
 class PromptError(ValueError):

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from att3d.limits import RESOLUTION_RANGE
+
 ENV_PREFIX = "ATT3D_"
 
 
@@ -87,8 +89,9 @@ class ServerSettings:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.request_timeout_s > 0:
             problems.append(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if not 16 <= self.max_resolution <= 512:
-            problems.append(f"max_resolution must be in [16, 512], got {self.max_resolution}")
+        lo, hi = RESOLUTION_RANGE
+        if not lo <= self.max_resolution <= hi:
+            problems.append(f"max_resolution must be in [{lo}, {hi}], got {self.max_resolution}")
         if not 0 < self.readiness_queue_fraction <= 1:
             problems.append(
                 f"readiness_queue_fraction must be in (0, 1], got {self.readiness_queue_fraction}"

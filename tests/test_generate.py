@@ -9,7 +9,7 @@ import torch
 
 from att3d.checkpoint import CheckpointError
 from att3d.config import MeshConfig
-from att3d.generate import Generator, check_resolution, interpolation_weights
+from att3d.generate import Generator, interpolation_weights
 
 from conftest import tiny_model_config
 
@@ -60,13 +60,6 @@ def test_interpolation_walk_endpoints_and_sums() -> None:
     assert all(abs(sum(w) - 1.0) < 1e-9 for w in walk)
     with pytest.raises(ValueError, match="frames"):
         interpolation_weights(2, 1)
-
-
-def test_resolution_range() -> None:
-    assert check_resolution(16) == 16 and check_resolution(512) == 512
-    for bad in (15, 513, 64.0, True):
-        with pytest.raises(ValueError, match=r"resolution must be an integer in \[16, 512\]"):
-            check_resolution(bad)
 
 
 def test_foreign_weights_are_rejected(tiny_checkpoint, tmp_path) -> None:

@@ -13,8 +13,7 @@ from att3d.commands.mesh_options import (
     CheckpointOption,
     ResolutionOption,
     TextureOption,
-    check_output,
-    check_texture,
+    check_mesh_options,
     load_generator,
     mesh_config,
     write_mesh_file,
@@ -30,14 +29,10 @@ def generate(
 ) -> None:
     """Generate a mesh for PROMPT."""
     with user_errors():
-        from att3d.generate import check_resolution
         from att3d.limits import validate_prompt
 
         validate_prompt(prompt)
-        check_output(output)
-        check_texture(texture)
-        if resolution is not None:
-            check_resolution(resolution)
+        check_mesh_options(output, resolution, texture)
         start = time.perf_counter()
         generator = load_generator(checkpoint)
         loaded = time.perf_counter()

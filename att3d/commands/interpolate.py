@@ -12,8 +12,7 @@ from att3d.commands.mesh_options import (
     CheckpointOption,
     ResolutionOption,
     TextureOption,
-    check_output,
-    check_texture,
+    check_mesh_options,
     load_generator,
     mesh_config,
     write_mesh_file,
@@ -34,15 +33,12 @@ def interpolate(
 ) -> None:
     """Mesh a blend of two prompts (--alpha) or a sequence of frames between them (--frames)."""
     with user_errors():
-        from att3d.generate import check_resolution, interpolation_weights
+        from att3d.generate import interpolation_weights
         from att3d.limits import validate_prompt
 
         validate_prompt(prompt_a)
         validate_prompt(prompt_b)
-        check_output(output)
-        check_texture(texture)
-        if resolution is not None:
-            check_resolution(resolution)
+        check_mesh_options(output, resolution, texture)
         if (alpha is None) == (frames is None):
             raise UserError("give exactly one of --alpha or --frames")
         if alpha is not None and not 0.0 <= alpha <= 1.0:

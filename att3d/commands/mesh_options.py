@@ -29,6 +29,17 @@ TextureOption = Annotated[
 ]
 
 
+def check_mesh_options(output: Path, resolution: int | None, texture: str) -> None:
+    """The options ``generate`` and ``interpolate`` share, checked before a model is loaded (the only check
+    of ``-r`` on the CLI path)."""
+    from att3d.limits import check_resolution
+
+    check_output(output)
+    check_texture(texture)
+    if resolution is not None:
+        check_resolution(resolution)
+
+
 def check_output(path: Path) -> Path:
     """``path``, if its extension names a mesh format and it is not a directory."""
     if path.suffix.lower() not in MESH_EXTENSIONS:
@@ -60,15 +71,12 @@ def load_generator(checkpoint: Path | None):  # -> Generator (imported lazily)
 
 
 def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConfig
-    """The generator's mesh settings with the command's resolution and texture mode."""
+    """The generator's mesh settings with the command's resolution (checked by
+    :func:`check_mesh_options`) and texture mode."""
     import dataclasses
 
-    from att3d.generate import check_resolution
-
-    config = generator.config.mesh
-    if resolution is not None:
-        config = dataclasses.replace(config, resolution=check_resolution(resolution))
-    return dataclasses.replace(config, texture=texture)
+    changes = {"texture": texture} if resolution is None else {"texture": texture, "resolution": resolution}
+    return dataclasses.replace(generator.config.mesh, **changes)
 
 
 def write_mesh_file(mesh, path: Path) -> None:
