@@ -6,17 +6,14 @@ Checks run before a model is loaded; files are written atomically (nothing is le
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from att3d.commands.errors import UserError
-from att3d.config import TextureMode
 
 MESH_EXTENSIONS = (".glb", ".obj", ".ply")
-TEXTURE_MODES = typing.get_args(TextureMode)
 
 CheckpointOption = Annotated[
     Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint directory (default: the bundled model).")
@@ -53,9 +50,14 @@ def check_output(path: Path) -> Path:
 
 
 def check_texture(texture: str) -> str:
-    """``texture``, if it is one of :data:`TEXTURE_MODES`."""
-    if texture not in TEXTURE_MODES:
-        raise UserError(f"--texture must be one of {', '.join(TEXTURE_MODES)}, got {texture!r}")
+    """``texture``, if it is one of ``MeshConfig.texture``'s choices."""
+    import typing
+
+    from att3d.config import TextureMode  # here, not at the top: the CLI starts without pydantic
+
+    modes = typing.get_args(TextureMode)
+    if texture not in modes:
+        raise UserError(f"--texture must be one of {', '.join(modes)}, got {texture!r}")
     return texture
 
 
