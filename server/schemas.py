@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from att3d.config import TextureMode
+from att3d.config import TextureMode, TrainConfig
 from att3d.limits import DEFAULT_MAX_PROMPT_CHARS, RESOLUTION_RANGE, validate_prompt
 
 MeshFormat = Literal["glb", "obj", "ply"]
@@ -105,6 +105,40 @@ class InterpolateRequest(MeshOptions):
         return self
 
 
+JOB_SERVER_KEYS = ("prompts", "device", "model.text.cache_dir", "progress_bar")
+"""Config keys a job may not set: the prompt set comes from the request's own fields, and paths and devices
+are the server's business."""
+
+
+def job_config_schema() -> dict[str, Any]:
+    """JSON schema of a job's ``config``: one property per dotted ``TrainConfig`` key a job may set, with the
+    type, choices, range, default and description the config declares (the same types validate it)."""
+    from pydantic import TypeAdapter
+
+    root = TypeAdapter(TrainConfig).json_schema()
+    sections = root.get("$defs", {})
+    properties: dict[str, Any] = {}
+
+    def add(section: dict[str, Any], prefix: str) -> None:
+        for name, prop in section["properties"].items():
+            key = prefix + name
+            if any(key == k or key.startswith(k + ".") for k in JOB_SERVER_KEYS):
+                continue
+            ref = prop.get("$ref")
+            if ref is not None:
+                add(sections[ref.rsplit("/", 1)[-1]], key + ".")
+            else:
+                properties[key] = prop
+
+    add(root, "")
+    return {"properties": properties, "additionalProperties": False}
+
+
+def _document_job_config(schema: dict[str, Any]) -> None:
+    schema.pop("patternProperties", None)  # the listed keys say more than the key pattern
+    schema.update(job_config_schema())
+
+
 class JobRequest(_Strict):
     """``POST /v1/jobs``: train a generator on a prompt set, given as a list or as a template."""
 
@@ -117,7 +151,9 @@ class JobRequest(_Strict):
     heldout: list[Prompt] = Field(default_factory=list)
     """Prompts kept out of training and scored separately."""
     config: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")], Any] = Field(
-        default_factory=dict, examples=[{"steps": 500, "optim.grid_lr": 0.01}]
+        default_factory=dict,
+        examples=[{"steps": 500, "optim.grid_lr": 0.01}],
+        json_schema_extra=_document_job_config,
     )
     """``TrainConfig`` overrides by dotted key, e.g. ``{"steps": 500, "model.field.num_bases": 8}``."""
 

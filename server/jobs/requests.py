@@ -11,19 +11,15 @@ import yaml
 
 from att3d.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from server.errors import ServiceError
-from server.schemas import JobRequest
+from server.schemas import JOB_SERVER_KEYS, JobRequest
 from server.settings import ServerSettings
-
-# Config keys a client may not set: the prompt set comes from the request's own fields, and paths and
-# devices are the server's business.
-_SERVER_KEYS = ("prompts", "device", "model.text.cache_dir", "progress_bar")
 
 
 def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainConfig:
     """The full ``TrainConfig`` of a job request, or :class:`ServiceError` (422) naming the bad field."""
     data = to_dict(TrainConfig())
     for key, value in request.config.items():
-        if any(key == k or key.startswith(k + ".") for k in _SERVER_KEYS):
+        if any(key == k or key.startswith(k + ".") for k in JOB_SERVER_KEYS):
             raise ServiceError(
                 422, "invalid_request", f"config.{key}: set by the server, not by a job", "config"
             )
