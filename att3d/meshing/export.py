@@ -2,6 +2,12 @@
 
 GLB output is validated with the Khronos glTF validator in the tests. :func:`mesh_to_bytes` is
 deterministic (the OBJ zip carries fixed timestamps), so the same mesh always gives the same bytes.
+
+Up axis: the world is +z up; each format is written in its own convention so that an object stands upright
+where people open it. glTF/GLB is +y up by specification and OBJ by common practice (Blender's and most
+viewers' OBJ import), so both get the world turned by -90° about +x: ``(x, y, z) -> (x, z, -y)``, a proper
+rotation (winding and normals stay outward). PLY has no convention; it keeps the world's +z up, as
+point-cloud and CAD tools (and Blender, which is +z up) read it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import trimesh
 
 from att3d.atomic import write_bytes_atomic
@@ -26,6 +33,11 @@ _EXTENSION_FORMATS = {".glb": "glb", ".ply": "ply", ".obj": "obj", ".zip": "obj"
 # glTF bufferView targets (ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER).
 _GLTF_ARRAY_BUFFER = 34962
 _GLTF_ELEMENT_ARRAY_BUFFER = 34963
+
+Y_UP_FROM_Z_UP = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+"""World (+z up) to glTF/OBJ (+y up): -90° about +x."""
 
 _WHITE = (255, 255, 255, 255)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -89,9 +101,16 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike[str]) -> list[Path
     return [path.with_name(name) for name in names]
 
 
+def y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy of ``mesh`` (world, +z up) turned into the +y-up frame of glTF and OBJ."""
+    turned = mesh.copy()
+    turned.apply_transform(Y_UP_FROM_Z_UP)
+    return turned
+
+
 def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     return trimesh.exchange.gltf.export_glb(
-        mesh, include_normals=True, unitize_normals=True, tree_postprocessor=_set_buffer_view_targets
+        y_up(mesh), include_normals=True, unitize_normals=True, tree_postprocessor=_set_buffer_view_targets
     )
 
 
@@ -121,7 +140,8 @@ def _ply_bytes(mesh: trimesh.Trimesh) -> bytes:
 
 
 def _obj_files(mesh: trimesh.Trimesh, obj_name: str, material_stem: str) -> dict[str, bytes]:
-    """OBJ text plus, when textured, ``{material_stem}.mtl`` and ``{material_stem}.png``."""
+    """OBJ text (+y up) plus, when textured, ``{material_stem}.mtl`` and ``{material_stem}.png``."""
+    mesh = y_up(mesh)
     textured = isinstance(mesh.visual, trimesh.visual.TextureVisuals)
     if textured:
         # trimesh names the MTL entry and the image after the material. Kd multiplies map_Kd in OBJ

@@ -15,7 +15,7 @@ from meshing_fields import CONFIG, away_from_seam, expected_rgba, sphere_field
 from PIL import Image
 
 from att3d.meshing.dense import extract_mesh
-from att3d.meshing.export import frames_zip, mesh_format, mesh_to_bytes, write_mesh
+from att3d.meshing.export import Y_UP_FROM_Z_UP, frames_zip, mesh_format, mesh_to_bytes, write_mesh
 
 from gltf_validator import ERROR, assert_valid_glb, messages, validate_glb
 
@@ -64,7 +64,9 @@ def test_geometry_and_colours_survive_a_round_trip(tmp_path, sphere_mesh, suffix
     path = tmp_path / f"sphere{suffix}"
     write_mesh(sphere_mesh, path)
     loaded = trimesh.load(path, process=False, force="mesh")
-    np.testing.assert_allclose(loaded.vertices, sphere_mesh.vertices, atol=1e-6)
+    # GLB and OBJ are +y up (glTF's rule, OBJ's custom), PLY keeps the world's +z up.
+    expected = sphere_mesh.vertices if suffix == ".ply" else sphere_mesh.vertices @ Y_UP_FROM_Z_UP[:3, :3].T
+    np.testing.assert_allclose(loaded.vertices, expected, atol=1e-6)
     np.testing.assert_array_equal(loaded.faces, sphere_mesh.faces)
     np.testing.assert_array_equal(loaded.visual.vertex_colors, sphere_mesh.visual.vertex_colors)
 
@@ -75,7 +77,27 @@ def test_obj_stores_vertex_colours_on_v_lines(tmp_path, sphere_mesh):
     first = next(line for line in (tmp_path / "sphere.obj").read_text().splitlines() if line.startswith("v "))
     values = [float(v) for v in first.split()[1:]]
     assert len(values) == 6  # v x y z r g b
-    assert values[3:] == pytest.approx(expected_rgba(np.array([values[:3]]))[0, :3] / 255.0)
+    x, y, z = values[:3]  # +y up: the world point is (x, -z, y)
+    assert values[3:] == pytest.approx(expected_rgba(np.array([[x, -z, y]]))[0, :3] / 255.0)
+
+
+@pytest.mark.parametrize(("fmt", "up"), [("glb", 1), ("obj", 1), ("ply", 2)])
+def test_a_cone_stands_upright_in_each_formats_convention(fmt, up):
+    # The world is +z up; a cone's apex points up. glTF (and OBJ by custom) is +y up; PLY keeps +z.
+    cone = trimesh.creation.cone(radius=0.3, height=0.8)  # base at z = 0, apex at z = 0.8
+    cone.visual.vertex_colors = (200, 40, 40, 255)
+    data = mesh_to_bytes(cone, fmt)
+    if fmt == "obj":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            data = archive.read("mesh.obj")
+    loaded = trimesh.load(io.BytesIO(data), file_type=fmt, process=False, force="mesh")
+    apex = loaded.vertices[np.argmax(loaded.vertices[:, up])]
+    assert loaded.vertices[:, up].max() == pytest.approx(0.8, abs=1e-6)
+    assert loaded.vertices[:, up].min() == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(np.delete(apex, up), 0.0, atol=1e-6)  # the apex is on the up axis
+    assert loaded.volume == pytest.approx(cone.volume, rel=1e-5)  # a rotation: still outward, same size
+    if fmt == "glb":
+        assert_valid_glb(data)
 
 
 def test_glb_passes_the_khronos_validator(sphere_mesh):
