@@ -24,7 +24,7 @@ def check_resolution(resolution: object) -> int:
 
 
 class PromptError(ValueError):
-    """A prompt is not usable (wrong type, empty or too long); the message says which."""
+    """A prompt is not usable (wrong type, empty, too long or not valid Unicode); the message says which."""
 
 
 def validate_prompt(prompt: object, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> str:
@@ -36,4 +36,9 @@ def validate_prompt(prompt: object, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -
         raise PromptError("prompt is empty" if not prompt else "prompt contains only whitespace")
     if len(text) > max_chars:
         raise PromptError(f"prompt is too long: {len(text)} characters (limit {max_chars})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # only lone surrogates fail: every other code point encodes
+        where = f"U+{ord(text[err.start]):04X} at character {err.start}"
+        raise PromptError(f"prompt is not valid Unicode: lone surrogate {where}") from None
     return text

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from att3d import text
-from att3d.limits import PromptError, validate_prompt
+from att3d.limits import PromptError
 from att3d.text import (
     CachedEncoder,
     MiniLMEncoder,
@@ -226,35 +226,3 @@ def test_register_and_unknown_encoder(tmp_path, monkeypatch):
     # Other test modules may register their own fakes, so check the names this test knows about.
     with pytest.raises(ValueError, match=r"unknown text encoder 'clip' \(known: .*\bfake\b.*\bminilm\b"):
         get_text_encoder("clip")
-
-
-# --------------------------------------------------------------------------------------------------
-# Prompt validation
-# --------------------------------------------------------------------------------------------------
-
-
-def test_validate_prompt_strips():
-    assert validate_prompt("  a red cube\n") == "a red cube"
-    assert validate_prompt("x" * 1000) == "x" * 1000
-
-
-@pytest.mark.parametrize(
-    ("prompt", "message"),
-    [
-        (None, "prompt must be a string, got NoneType"),
-        (42, "prompt must be a string, got int"),
-        (b"a red cube", "prompt must be a string, got bytes"),
-        ("", "prompt is empty"),
-        (" \t\n ", "prompt contains only whitespace"),
-        ("x" * 1001, r"prompt is too long: 1001 characters \(limit 1000\)"),
-    ],
-)
-def test_validate_prompt_errors(prompt, message):
-    with pytest.raises(PromptError, match=message):
-        validate_prompt(prompt)
-    assert issubclass(PromptError, ValueError)
-
-
-def test_validate_prompt_custom_limit():
-    with pytest.raises(PromptError, match=r"too long: 11 characters \(limit 10\)"):
-        validate_prompt("  a red cubes  ", max_chars=10)

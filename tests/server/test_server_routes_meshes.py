@@ -155,6 +155,7 @@ BAD_REQUESTS = [
     ("/v1/generate", {"prompt": 42}, 422, "prompt", "string"),
     ("/v1/generate", {"prompt": ["a"]}, 422, "prompt", "string"),
     ("/v1/generate", {}, 422, "prompt", "required"),
+    ("/v1/generate", {"prompt": "x \udfff"}, 422, "prompt", "lone surrogate U+DFFF"),  # JSON's "\udfff"
     ("/v1/generate", {"prompt": "a", "format": "stl"}, 422, "format", "glb"),
     ("/v1/generate", {"prompt": "a", "texture": "pbr"}, 422, "texture", "vertex"),
     ("/v1/generate", {"prompt": "a", "resolution": 8}, 422, "resolution", "greater than or equal to 16"),
@@ -187,7 +188,8 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("route", "body", "status", "field", "words"), BAD_REQUESTS)
 def test_bad_input_names_the_field(client, route, body, status, field, words):
-    response = client.post(route, json=body)
+    # json.dumps escapes to ASCII: a lone surrogate travels as the JSON escape "\udfff", as clients send it.
+    response = client.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()
     assert error["error"] in ("invalid_request", "not_found")
