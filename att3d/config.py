@@ -10,6 +10,7 @@ into plain data for checkpoint manifests; ``TypeAdapter(TrainConfig).json_schema
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -43,13 +44,13 @@ T = TypeVar("T")
 class EncodingConfig:
     """Multiresolution hash encoding (Instant-NGP)."""
 
-    levels: StrictInt = 8
+    levels: Annotated[StrictInt, Field(le=32)] = 8
     """Number of resolution levels."""
-    features_per_level: StrictInt = 2
+    features_per_level: Annotated[StrictInt, Field(le=8)] = 2
     """Features stored per table entry and level."""
-    log2_table_size: StrictInt = 14
+    log2_table_size: Annotated[StrictInt, Field(le=24)] = 14
     """log2 of the entries per level; coarse levels whose dense grid fits use direct indexing."""
-    base_resolution: StrictInt = 16
+    base_resolution: Annotated[StrictInt, Field(le=4096)] = 16
     """Grid resolution of the coarsest level."""
     growth_factor: Number = 1.447
     """Resolution ratio between consecutive levels."""
@@ -65,15 +66,15 @@ class FieldConfig:
 
     encoding: EncodingConfig = dataclasses.field(default_factory=EncodingConfig)
     """Hash-grid layout shared by all basis grids."""
-    text_dim: StrictInt = 384
+    text_dim: Annotated[StrictInt, Field(le=8192)] = 384
     """Dimension of the text embedding fed to the mapping network."""
-    num_bases: StrictInt = 16
+    num_bases: Annotated[StrictInt, Field(le=1024)] = 16
     """K: hidden width of the mapping network = number of basis grids mixed per prompt."""
     mixing_gain: Number = 1.0
     """Lipschitz bound of the output layer per grid entry: a unit ``v(c)`` gives entries of RMS <= this."""
-    hidden_dim: StrictInt = 64
+    hidden_dim: Annotated[StrictInt, Field(le=1024)] = 64
     """Width of the MLP head."""
-    hidden_layers: StrictInt = 2
+    hidden_layers: Annotated[StrictInt, Field(le=16)] = 2
     """Hidden layers of the MLP head."""
     density_activation: Literal["trunc_exp", "softplus"] = "trunc_exp"
     """``trunc_exp`` or ``softplus``."""
@@ -114,9 +115,9 @@ class CameraSamplingConfig:
 class RenderConfig:
     """Volume rendering of a field."""
 
-    image_size: StrictInt = 32
+    image_size: Annotated[StrictInt, Field(le=1024)] = 32
     """Rendered image side in pixels."""
-    samples_per_ray: StrictInt = 48
+    samples_per_ray: Annotated[StrictInt, Field(le=1024)] = 48
     """Stratified samples per ray inside the scene box."""
     ambient: Number = 0.3
     """Ambient term of diffuse shading: ``albedo * (ambient + (1 - ambient) * max(n·l, 0))``."""
@@ -143,9 +144,9 @@ GridQuery = Literal["coarse_to_fine", "dense"]
 class MeshConfig:
     """Dense field query, marching cubes and export."""
 
-    resolution: Annotated[StrictInt, Field(ge=2)] = 128
+    resolution: Annotated[StrictInt, Field(ge=2, le=1024)] = 128
     """Grid resolution of the fine pass along the longest side."""
-    coarse_resolution: Annotated[StrictInt, Field(ge=2)] = 48
+    coarse_resolution: Annotated[StrictInt, Field(ge=2, le=512)] = 48
     """Grid resolution of the coarse pass that finds the object's bounding box."""
     density_threshold: PositiveNumber = 6.93
     """Iso-level on density: ln(2)/0.1, i.e. 50 % opacity across 0.1 world units (densities are >= 0 and
@@ -156,9 +157,9 @@ class MeshConfig:
     """Connected components with fewer faces than this fraction of the largest are dropped."""
     texture: TextureMode = "vertex"
     """``vertex`` (vertex colours) or ``uv`` (xatlas unwrap + baked PNG texture)."""
-    texture_size: Annotated[StrictInt, Field(ge=8)] = 512
+    texture_size: Annotated[StrictInt, Field(ge=8, le=8192)] = 512
     """Side of the baked texture in pixels (``texture=uv``)."""
-    decimate_faces: StrictInt = 10000
+    decimate_faces: Annotated[StrictInt, Field(le=10_000_000)] = 10000
     """Target face count before UV unwrapping (``texture=uv``; 0 or less: no decimation)."""
     marching_cubes: MarchingCubesMethod = "auto"
     """``skimage``, ``torch`` (``att3d.meshing.marching_cubes``, stays on the query device) or ``auto``
@@ -177,11 +178,18 @@ class MeshConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+def _encoder_name(name: str) -> str:
+    # A registered name, never a path: a job request must not make the server read files.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
+        raise ValueError(f"must be an encoder name (letters, digits, '.', '_', '-'; no paths), got {name!r}")
+    return name
+
+
 @config_dataclass("text")
 class TextConfig:
     """Text encoder used to condition the field."""
 
-    encoder: StrictStr = "minilm"
+    encoder: Annotated[StrictStr, AfterValidator(_encoder_name)] = "minilm"
     """Encoder id: ``minilm`` (bundled all-MiniLM-L6-v2) or a registered encoder name."""
     max_prompt_chars: StrictInt = DEFAULT_MAX_PROMPT_CHARS
     """Longer prompts are rejected."""
@@ -300,11 +308,11 @@ class TrainConfig:
     """Ranges of the training cameras."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     """Optimizer."""
-    steps: PositiveInt = 2000
+    steps: Annotated[PositiveInt, Field(le=10_000_000)] = 2000
     """Optimizer steps."""
-    prompts_per_step: PositiveInt = 4
+    prompts_per_step: Annotated[PositiveInt, Field(le=4096)] = 4
     """P: prompts (or interpolants) per step and process."""
-    views_per_prompt: PositiveInt = 1
+    views_per_prompt: Annotated[PositiveInt, Field(le=64)] = 1
     """V: cameras rendered per prompt and step."""
     albedo_steps: NonNegativeInt = 0
     """Shade with plain albedo for the first steps (no normals), then by ``shading_probs``."""
@@ -312,7 +320,7 @@ class TrainConfig:
     """Probabilities of albedo, diffuse and textureless shading after ``albedo_steps`` (one mode per step)."""
     interp_prob: Fraction = 0.0
     """Probability that a training prompt is an interpolant: a random mix of several prompts' embeddings."""
-    interp_prompts: Annotated[StrictInt, Field(ge=2)] = 2
+    interp_prompts: Annotated[StrictInt, Field(ge=2, le=64)] = 2
     """Prompts mixed into one interpolant."""
     interp_concentration: PositiveNumber = 1.0
     """Dirichlet concentration of the mixing weights (1: uniform on the simplex; Beta(a, a) for two)."""
@@ -332,9 +340,9 @@ class TrainConfig:
     """Steps between TensorBoard scalar writes (0: no TensorBoard)."""
     preview_every: NonNegativeInt = 250
     """Steps between preview PNG grids, prompts × views (0: none)."""
-    preview_prompts: PositiveInt = 4
+    preview_prompts: Annotated[PositiveInt, Field(le=64)] = 4
     """Prompts in a preview grid (the first of the training set)."""
-    preview_views: PositiveInt = 4
+    preview_views: Annotated[PositiveInt, Field(le=64)] = 4
     """Views per prompt in a preview grid (an orbit at 20° elevation)."""
     eval_every: NonNegativeInt = 0
     """Steps between evaluations on the held-out prompts (0: none; needs an evaluator)."""

@@ -78,7 +78,7 @@ def test_bad_override_syntax_and_missing_file(tmp_path) -> None:
     ("overrides", "message"),
     [
         (["model.mesh.texture=png"], r"model\.mesh\.texture: must be one of vertex, uv, got 'png'"),
-        (["model.mesh.resolution=1"], r"model\.mesh\.resolution: must be >= 2, got 1"),
+        (["model.mesh.resolution=1"], r"model\.mesh\.resolution: must be in \[2, 1024\], got 1"),
         (["model.mesh.density_threshold=0"], r"model\.mesh\.density_threshold: must be > 0"),
         (["model.mesh.min_component_fraction=1.5"], r"mesh\.min_component_fraction: must be in \[0, 1\]"),
         (["model.mesh.grid_query=sparse"], r"model\.mesh\.grid_query: must be one of .*got 'sparse'"),
@@ -89,10 +89,10 @@ def test_bad_override_syntax_and_missing_file(tmp_path) -> None:
         (["prompts.split=test"], r"prompts\.split: must be one of train, heldout, all, got 'test'"),
         (["prompts.slots.color=red"], r"prompts\.slots\.color: expected a list, got 'red'"),
         (["prompts.prompts=[a, 1]"], r"prompts\.prompts\[1\]: expected a string, got 1"),
-        (["steps=0"], "steps: must be >= 1, got 0"),
+        (["steps=0"], r"steps: must be in \[1, 10000000\], got 0"),
         (["shading_probs=[0.5, 0.6, 0.0]"], "shading_probs: must be 3 probabilities"),
         (["interp_prob=1.5"], r"interp_prob: must be in \[0, 1\]"),
-        (["interp_prompts=1"], "interp_prompts: must be >= 2"),
+        (["interp_prompts=1"], r"interp_prompts: must be in \[2, 64\], got 1"),
         (["keep_checkpoints=0"], "keep_checkpoints: must be >= 1"),
         (
             ["model.field.encoding.levels=4", "progressive_levels=9"],
@@ -124,14 +124,17 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as error:
         load_config(TrainConfig, None, ["model.field.colour=1", "steps=0", "model.mesh.resolution=1"])
     assert str(error.value).startswith("unknown config key in 'model.field': colour (known: ")
-    assert "; model.mesh.resolution: must be >= 2, got 1; steps: must be >= 1, got 0" in str(error.value)
+    assert (
+        "; model.mesh.resolution: must be in [2, 1024], got 1; steps: must be in [1, 10000000], got 0"
+        in str(error.value)
+    )
 
 
 def test_construction_and_replace_validate_too() -> None:
     """A config built in code is checked as one loaded from YAML; errors name the key in its section."""
     with pytest.raises(ConfigError, match=r"^mesh\.grid_query: must be one of coarse_to_fine, dense"):
         MeshConfig(resolution=24, grid_query="sparse")
-    with pytest.raises(ConfigError, match=r"^mesh\.resolution: must be >= 2, got 1$"):
+    with pytest.raises(ConfigError, match=r"^mesh\.resolution: must be in \[2, 1024\], got 1$"):
         dataclasses.replace(MeshConfig(), resolution=1)
     with pytest.raises(ConfigError, match=r"^prompts\.source: must be one of list, file, template, shapes"):
         PromptSetConfig(source="csv")
@@ -173,3 +176,21 @@ def test_overrides_from_a_mapping_keep_their_values() -> None:
     assert (config.steps, config.model.mesh.texture, config.prior) == (7, "uv", "1e-2")
     with pytest.raises(ConfigError, match=r"override 'steps\.x': 'steps' is not a section"):
         apply_overrides(data, {"steps.x": 1})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steps=9223372036854775808", r"steps: must be in \[1, 10000000\]"),
+        ("model.field.num_bases=1000000000", r"model\.field\.num_bases: must be <= 1024"),
+        ("model.field.encoding.log2_table_size=40", r"log2_table_size: must be <= 24"),
+        ("model.render.image_size=1000000", r"model\.render\.image_size: must be <= 1024"),
+        ("prompts_per_step=1000000", r"prompts_per_step: must be in \[1, 4096\]"),
+        ("model.mesh.resolution=100000", r"model\.mesh\.resolution: must be in \[2, 1024\]"),
+        ("model.text.encoder=../../etc", r"model\.text\.encoder: must be an encoder name .*no paths"),
+    ],
+)
+def test_resource_bounds(override, message):
+    # Sizes that would allocate petabytes or run for centuries are refused where they are declared.
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, overrides=[override])

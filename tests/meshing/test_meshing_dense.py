@@ -152,7 +152,7 @@ def test_no_surface_message_reports_the_max_density_seen():
     ("change", "message"),
     [
         ({"texture": "png"}, "mesh.texture: must be one of vertex, uv, got 'png'"),
-        ({"resolution": 1}, "mesh.resolution: must be >= 2, got 1"),
+        ({"resolution": 1}, "mesh.resolution: must be in [2, 1024], got 1"),
         ({"density_threshold": 0.0}, "mesh.density_threshold: must be > 0"),
         ({"min_component_fraction": 1.5}, "mesh.min_component_fraction: must be in [0, 1]"),
     ],

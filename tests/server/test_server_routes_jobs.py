@@ -96,7 +96,7 @@ BAD_JOBS = [
     ({"template": "a {color} cube"}, "slots", "values"),
     ({"template": "a {color} cube", "slots": {"shape": ["x"]}}, "template", "color"),
     ({"prompts": ["a", "a"]}, "prompts", "duplicate prompt"),
-    ({"prompts": ["a"], "config": {"steps": 0}}, "config", "config.steps: must be >= 1, got 0"),
+    ({"prompts": ["a"], "config": {"steps": 0}}, "config", "config.steps: must be in [1, 10000000], got 0"),
     ({"prompts": ["a"], "config": {"steps": "many"}}, "config", "config.steps: expected an integer"),
     ({"prompts": ["a"], "config": {"optim.nope": 1}}, "config", "nope"),
     ({"prompts": ["a"], "config": {"steps.x": 1}}, "config", "config.steps.x: 'steps' is not a section"),
@@ -104,6 +104,20 @@ BAD_JOBS = [
     ({"prompts": ["a"], "config": {"prompts.path": "/etc/passwd"}}, "config", "set by the server"),
     ({"prompts": ["a"], "config": {"prior": "stable-diffusion:/tmp/x"}}, "config", "not allowed"),
     ({"prompts": ["a"], "config": {"bad key!": 1}}, "config", "pattern"),
+    # Every value is bounded before the job is queued (these were accepted once, then failed or hung later).
+    ({"prompts": ["a"], "config": {"steps": 2**63}}, "config", "config.steps: must be in [1, 10000000]"),
+    ({"prompts": ["a"], "config": {"model.field.num_bases": 10**9}}, "config", "num_bases: must be <= 1024"),
+    (
+        {"prompts": ["a"], "config": {"model.render.image_size": 10**6}},
+        "config",
+        "image_size: must be <= 1024",
+    ),
+    ({"prompts": ["a"], "config": {"optim.grid_lr": "nan"}}, "config", "grid_lr: must be a finite number"),
+    (
+        {"prompts": ["a"], "config": {"model.text.encoder": "../x"}},
+        "config",
+        "text.encoder: must be an encoder",
+    ),
     ({"prompts": ["a"], "epochs": 3}, "epochs", "Extra inputs"),
 ]
 
