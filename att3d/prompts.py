@@ -17,6 +17,7 @@ prompt or a held-out prompt that is also trained on raise :class:`PromptSetError
 from __future__ import annotations
 
 import itertools
+import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,11 @@ class PromptSet:
         return len(self.train)
 
 
-def load_prompt_set(config: PromptSetConfig, max_chars: int | None = None) -> PromptSet:
-    """Build the prompt set described by ``config``."""
+def load_prompt_set(
+    config: PromptSetConfig, max_chars: int | None = None, max_prompts: int | None = None
+) -> PromptSet:
+    """Build the prompt set described by ``config``; a template is refused before it is expanded when it
+    describes more than ``max_prompts`` combinations (a few KiB of slots can describe 10^12)."""
     limit = {} if max_chars is None else {"max_chars": max_chars}
     if config.source == "list":
         train = _validated(config.prompts, "prompts.prompts", limit)
@@ -52,7 +56,7 @@ def load_prompt_set(config: PromptSetConfig, max_chars: int | None = None) -> Pr
         train = _read_prompt_file(config.path, limit)
         heldout = _validated(config.heldout, "prompts.heldout", limit)
     elif config.source == "template":
-        expanded = expand_template(config.template, config.slots, limit)
+        expanded = expand_template(config.template, config.slots, limit, max_prompts)
         heldout = _validated(config.heldout, "prompts.heldout", limit)
         unknown = [p for p in heldout if p not in expanded]
         if unknown:
@@ -74,9 +78,13 @@ def load_prompt_set(config: PromptSetConfig, max_chars: int | None = None) -> Pr
 
 
 def expand_template(
-    template: str, slots: dict[str, list[str]], limit: dict[str, int] | None = None
+    template: str,
+    slots: dict[str, list[str]],
+    limit: dict[str, int] | None = None,
+    max_prompts: int | None = None,
 ) -> list[str]:
-    """Every combination of slot values filled into ``template`` (validated, duplicates rejected)."""
+    """Every combination of slot values filled into ``template`` (validated, duplicates rejected); more than
+    ``max_prompts`` combinations are refused by their count, before any is built."""
     if not isinstance(template, str) or not template.strip():
         raise PromptSetError("prompts.template is empty (source=template needs e.g. 'a {color} {shape}')")
     try:
@@ -109,6 +117,9 @@ def expand_template(
             repeated = next(o for o in options if options.count(o) > 1)
             raise PromptSetError(f"prompts.slots.{name}: value {repeated!r} is repeated")
         values.append([o.strip() for o in options])
+    count = math.prod(len(v) for v in values)
+    if max_prompts is not None and count > max_prompts:
+        raise PromptSetError(f"prompts.template: {count} combinations; the limit is {max_prompts}")
     prompts = [
         template.format(**dict(zip(order, combo, strict=True))) for combo in itertools.product(*values)
     ]

@@ -149,3 +149,16 @@ def test_unknown_prompt_key_in_a_config_is_rejected(tmp_path):
     path.write_text("prompts:\n  source: list\n  promts: [a red cube]\n")
     with pytest.raises(ConfigError, match="unknown config key in 'prompts': promts"):
         load_config(TrainConfig, path)
+
+
+def test_template_is_refused_by_its_count_before_expansion():
+    # 10^12 combinations from a few thousand words: building them would never finish, counting is instant.
+    slots = {name: [f"{name}{i}" for i in range(1000)] for name in ("a", "b", "c", "d")}
+    with pytest.raises(
+        PromptSetError, match=r"prompts\.template: 1000000000000 combinations; the limit is 10000"
+    ):
+        expand_template("{a} {b} {c} {d}", slots, max_prompts=10_000)
+    config = PromptSetConfig(source="template", template="{a} {b}", slots={"a": ["x", "y"], "b": ["1", "2"]})
+    with pytest.raises(PromptSetError, match="4 combinations; the limit is 3"):
+        load_prompt_set(config, max_prompts=3)
+    assert len(load_prompt_set(config, max_prompts=4)) == 4

@@ -49,7 +49,9 @@ def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainCo
     from att3d.prompts import load_prompt_set
 
     try:
-        prompt_set = load_prompt_set(config.prompts, max_chars=config.model.text.max_prompt_chars)
+        prompt_set = load_prompt_set(
+            config.prompts, max_chars=config.model.text.max_prompt_chars, max_prompts=settings.max_job_prompts
+        )
     except (ConfigError, ValueError) as err:
         field = "template" if request.template is not None else "prompts"
         raise ServiceError(422, "invalid_request", str(err), field) from None  # it names prompts.<key>

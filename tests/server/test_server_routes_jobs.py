@@ -119,6 +119,12 @@ BAD_JOBS = [
         "text.encoder: must be an encoder",
     ),
     ({"prompts": ["a"], "epochs": 3}, "epochs", "Extra inputs"),
+    # 10^12 combinations in ~30 KB: refused by their count, never expanded.
+    (
+        {"template": "{a} {b} {c} {d}", "slots": {k: [f"{k}{i}" for i in range(1000)] for k in "abcd"}},
+        "template",
+        "prompts.template: 1000000000000 combinations; the limit is 10000",
+    ),
 ]
 
 
