@@ -75,13 +75,15 @@ class ServerSettings:
     """After a cancel or shutdown, how long a job process may take to save and exit before SIGKILL."""
     max_job_prompts: int = 10000
     """Most prompts one training job may have."""
+    max_queued_jobs: int = 64
+    """Most jobs waiting in ``queued``; another ``POST /v1/jobs`` is refused with 429 + ``Retry-After``."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.cors_origins = tuple(self.cors_origins)
         self.job_priors = tuple(self.job_priors)
         problems = []
-        for name in ("max_body_bytes", "max_batch_size", "queue_size", "max_frames"):
+        for name in ("max_body_bytes", "max_batch_size", "queue_size", "max_frames", "max_queued_jobs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "cache_bytes", "max_running_jobs", "job_cancel_grace_s"):

@@ -90,6 +90,7 @@ class JobManager:
             self.runs_dir,
             idempotency_key,
             request_digest(request),
+            max_queued=self.settings.max_queued_jobs,
         )
         self._wake.set()
         return row, created

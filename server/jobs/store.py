@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 """
 
 
+QUEUED_JOBS_RETRY_AFTER_S = 60
+"""``Retry-After`` when the job queue is full: a queued job waits for a training run, minutes at least."""
+
+
 class JobStore:
     """Job rows in SQLite (WAL mode: the server and job processes read while one writes).
 
@@ -122,10 +126,13 @@ class JobStore:
         runs_dir: Path,
         idempotency_key: str | None = None,
         request_sha256: str = "",
+        max_queued: int | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Insert a queued job; with an idempotency key already used for the same request, return that job.
 
-        Returns ``(row, created)``. A key reused for a different request raises :class:`ServiceError` (422).
+        Returns ``(row, created)``. A key reused for a different request raises :class:`ServiceError` (422);
+        a new job while ``max_queued`` jobs wait already raises it with 429 (counted in the same
+        transaction as the insert, so concurrent requests cannot overshoot the cap).
         """
         now = time.time()
         with self._transaction() as db:
@@ -143,6 +150,15 @@ class JobStore:
                         )
                     row = db.execute("SELECT * FROM jobs WHERE id = ?", (seen["job_id"],)).fetchone()
                     return dict(row), False
+            if max_queued is not None:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+                if queued >= max_queued:
+                    raise ServiceError(
+                        429,
+                        "too_many_jobs",
+                        f"{queued} jobs are queued already (the limit is {max_queued}); retry later",
+                        headers={"Retry-After": str(QUEUED_JOBS_RETRY_AFTER_S)},
+                    )
             job_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (id, state, request, config, run_dir, total_steps, created_at, updated_at) "

@@ -23,13 +23,14 @@ IdempotencyKey = Annotated[
         description="Retries with the same key and body return the same job.",
     ),
 ]
+_CREATE_ERRORS = {429: {"model": ErrorResponse, "description": "Too many queued jobs; see Retry-After."}}
 _JOB_ERRORS = {
     404: ERROR_RESPONSES[404],
     409: {"model": ErrorResponse, "description": "Not possible in the job's state."},
 }
 
 
-@router.post("/jobs", response_model=JobStatus, status_code=202, tags=["jobs"])
+@router.post("/jobs", response_model=JobStatus, status_code=202, tags=["jobs"], responses=_CREATE_ERRORS)
 def create_job(
     response: Response, body: JobRequest, jobs: JobsDep, idempotency_key: IdempotencyKey = None
 ) -> Any:

@@ -148,3 +148,24 @@ def test_unknown_jobs_are_404_and_long_keys_422(client):
     long_key = client.post("/v1/jobs", json=job_request(), headers={"Idempotency-Key": "k" * 300})
     assert long_key.status_code == 422
     assert long_key.json()["fields"][0]["field"] == "Idempotency-Key"
+
+
+def test_queued_jobs_are_capped_with_retry_after(tmp_path):
+    # No job runs (max_running_jobs=0), so every accepted job stays queued.
+    settings = settings_for(tmp_path, max_running_jobs=0, max_queued_jobs=2)
+    with isolated_environment(tmp_path), started_client(settings, {"default": tiny_generator()}) as client:
+        first = client.post("/v1/jobs", json=job_request(), headers={"Idempotency-Key": "first"})
+        assert first.status_code == 202
+        assert client.post("/v1/jobs", json=job_request(steps=4)).status_code == 202
+        refused = client.post("/v1/jobs", json=job_request(steps=8))
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "60"
+        assert refused.json()["error"] == "too_many_jobs"
+        assert "2 jobs are queued already (the limit is 2)" in refused.json()["message"]
+        # A retry of an accepted request still answers with its job; the refused one left nothing behind.
+        replay = client.post("/v1/jobs", json=job_request(), headers={"Idempotency-Key": "first"})
+        assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+        assert len(client.get("/v1/jobs").json()) == 2
+        # Once a job leaves the queue, there is room again.
+        assert client.delete(f"/v1/jobs/{first.json()['id']}").status_code == 200
+        assert client.post("/v1/jobs", json=job_request(steps=8)).status_code == 202
