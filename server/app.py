@@ -9,7 +9,7 @@ Routes (OpenAPI at ``/docs``; the full reference is docs/API.md):
 - ``POST /v1/jobs`` (``Idempotency-Key``), ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/resume``;
 - ``GET /livez``, ``GET /readyz`` (probes, never behind the API key), ``GET /metrics`` (Prometheus);
-- ``GET /``: the viewer page (static files under ``/static``).
+- ``GET /``: the viewer page (static files under ``/static``); ``/docs`` and ``/redoc`` from packaged assets.
 
 The routes live in ``server.routes``, the middleware in ``server.middleware``, the error handling in
 ``server.errors`` (every error is JSON); routes reach the engine, job manager and settings through
@@ -42,6 +42,7 @@ from server.routes import jobs as job_routes
 from server.routes import meshes as mesh_routes
 from server.routes import models as model_routes
 from server.routes import probes as probe_routes
+from server.routes.docs import add_docs
 from server.settings import ServerSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -102,6 +103,8 @@ def create_app(
         description="Amortized text-to-3D: a prompt to a textured mesh in one forward pass. See docs/API.md.",
         lifespan=lifespan,
         middleware=middleware,
+        docs_url=None,  # served from packaged assets by server.routes.docs, never from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -111,6 +114,7 @@ def create_app(
     for routes in (mesh_routes, model_routes, job_routes, probe_routes):
         app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def viewer() -> FileResponse:

@@ -16,8 +16,8 @@ from server.metrics import Metrics
 
 PROBES = ("/livez", "/readyz")
 # Public without a key: the probes, the viewer's static files and the schema (none of them holds data).
-_PUBLIC_PATHS = (*PROBES, "/", "/docs", "/docs/oauth2-redirect", "/openapi.json")
-_PUBLIC_PREFIXES = ("/static/",)
+_PUBLIC_PATHS = (*PROBES, "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/favicon.ico")
+_PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
 
 
 class _BodyTooLarge(StarletteHTTPException):

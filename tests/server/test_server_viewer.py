@@ -85,3 +85,32 @@ def test_viewer_generates_and_model_viewer_draws_the_mesh(server_url):
     )
     assert again.headers["x-cache"] == "hit"
     assert_valid_glb(again.content)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
+def test_api_docs_render_without_the_internet(server_url):
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: blank offline. Ours come with the package.
+    node = shutil.which("node")
+    if node is None or not (TOOLS / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("the browser test needs Node.js and playwright-core: run `npm --prefix tools/browser ci`")
+    proc = subprocess.run(
+        [node, str(TOOLS / "check_docs.js"), server_url],
+        capture_output=True,
+        timeout=240,
+        env={**os.environ, "CHROMIUM": str(CHROMIUM)},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    pages = json.loads(proc.stdout)
+    operations = len(
+        [op for ops in httpx.get(f"{server_url}/openapi.json").json()["paths"].values() for op in ops]
+    )
+    for path in ("/docs", "/redoc"):
+        page = pages[path]
+        assert page["externalRequests"] == [], page  # nothing from a CDN, fonts or badges
+        assert page["consoleErrors"] == [] and page["failedRequests"] == [], page
+        assert page["operations"] == operations, page  # every operation of the API is listed
+    favicon = httpx.get(f"{server_url}/favicon.ico")
+    assert favicon.status_code == 200 and favicon.headers["content-type"] == "image/png"
