@@ -1,4 +1,6 @@
-"""The model engine: micro-batching, batch invariance, coalescing, queue limits, timeouts, failures."""
+"""The model engine: micro-batching, batch invariance, coalescing, queue limits, timeouts, failures.
+
+Admission by estimated completion time and deadline checks: test_server_admission.py."""
 
 from __future__ import annotations
 
@@ -229,24 +231,6 @@ def test_timeout_is_504_and_the_late_result_is_cached(env):
             threading.Event().wait(0.02)
         again = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
         assert again.status_code == 200 and again.headers["x-cache"] == "hit"
-
-
-def test_expired_requests_are_skipped(env):
-    generator = tiny_generator()
-    gate = Gate(generator)
-    engine = _engine(env, generator, request_timeout_s=0.2)
-    try:
-        held = engine.submit(_spec("held"))
-        assert gate.entered.wait(10)
-        late = engine.submit(_spec("abandoned"))
-        threading.Event().wait(0.3)  # every waiter of "abandoned" has given up by now
-        gate.release.set()
-        held.result(30)
-        with pytest.raises(Exception, match="no client is waiting"):
-            late.result(30)
-        assert ("abandoned",) not in gate.calls
-    finally:
-        engine.stop()
 
 
 # ---- mesher="batched": one CoarseToFineMesher pass per micro-batch -----------------------------------
