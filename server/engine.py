@@ -158,7 +158,11 @@ class Engine:
         return len(self._work)
 
     def saturated(self) -> bool:
-        return len(self._work) > self.settings.readiness_queue_fraction * self.settings.queue_size
+        """The queue is fuller than ``readiness_queue_fraction`` of its size, or of its deadline's work."""
+        s = self.settings
+        budget = s.request_timeout_s * (1.0 - s.deadline_margin)
+        fraction = s.readiness_queue_fraction
+        return len(self._work) > fraction * s.queue_size or self._work.work_ahead() > fraction * budget
 
     def models(self) -> list[dict[str, Any]]:
         """Info of every loaded model (empty until loading finished)."""

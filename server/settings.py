@@ -63,7 +63,8 @@ class ServerSettings:
     warmup: bool = True
     """Generate one small mesh per model at start-up; ``/readyz`` stays 503 until it is done."""
     readiness_queue_fraction: float = 0.9
-    """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``."""
+    """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``, or its
+    estimated work than this fraction of what fits before a deadline."""
     device: str = "cpu"
     """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     mesher: str = "per_request"

@@ -116,6 +116,7 @@ def test_engine_admits_by_estimated_completion_and_admitted_requests_complete(en
         with pytest.raises(TooSlow) as slow:  # 150 s alone: never within 100 s
             engine.submit(_spec("big", resolution=32))
         assert slow.value.status == 503 and int(slow.value.headers["Retry-After"]) >= 1
+        assert engine.saturated()  # 100 s of work ahead > 0.9 of the deadline: /readyz says not ready
         clock.now += 5  # the running request is estimated half done: room for one more half
         with pytest.raises(QueueFull) as full:
             engine.submit(_spec("p10"))
@@ -123,6 +124,7 @@ def test_engine_admits_by_estimated_completion_and_admitted_requests_complete(en
         gate.release.set()
         for future in [running, *queued]:
             assert future.result(30).body[:4] == b"glTF"
+        assert not engine.saturated()
         # Each finished request replaced the prior with its measured time (far below 10 s here).
         assert engine.costs.per_mesh(RES, "vertex") < 10.0
         assert set(engine.costs.snapshot()) == {"16/vertex"}
