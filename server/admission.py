@@ -142,7 +142,7 @@ class CostModel:
         with self._lock:
             entry = self._fresh(resolution, texture)
             if entry is None:
-                return self.prior(resolution, texture) * self.scale
+                return self._prior(resolution, texture) * self.scale
             return entry.seconds * self._within_bucket(resolution, texture)
 
     def cost(self, meshes: int, resolution: int, texture: str) -> float:
@@ -156,7 +156,7 @@ class CostModel:
         per_mesh = seconds / meshes
         with self._lock:
             a = self.alpha
-            self.scale = (1 - a) * self.scale + a * per_mesh / self.prior(resolution, texture)
+            self.scale = (1 - a) * self.scale + a * per_mesh / self._prior(resolution, texture)
             normalized = per_mesh / self._within_bucket(resolution, texture)
             entry = self._fresh(resolution, texture)
             key = (bucket(resolution), texture)
@@ -177,6 +177,9 @@ class CostModel:
             return None
         return entry
 
+    def _prior(self, resolution: int, texture: str) -> float:
+        return max(self.prior(resolution, texture), 1e-6)  # a ratio's denominator
+
     def _within_bucket(self, resolution: int, texture: str) -> float:
         """Cost at ``resolution`` relative to its bucket's top, by the prior's shape (within a factor 2)."""
-        return self.prior(resolution, texture) / self.prior(bucket(resolution), texture)
+        return self._prior(resolution, texture) / self._prior(bucket(resolution), texture)

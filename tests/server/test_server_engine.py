@@ -22,6 +22,7 @@ from server_fakes import (
 
 from att3d.generate import Generator
 from att3d.meshing.export import mesh_to_bytes
+from server.admission import CostModel
 from server.engine import Engine
 from server.mesh_spec import MeshSpec
 from server.work_queue import QueueFull
@@ -218,8 +219,11 @@ def test_no_surface_is_422(env):
 def test_timeout_is_504_and_the_late_result_is_cached(env):
     generator = tiny_generator()
     gate = Gate(generator)
-    settings = settings_for(env, request_timeout_s=0.3, warmup=False)
+    settings = settings_for(env, request_timeout_s=0.5, warmup=False)
     with started_client(settings, {"default": generator}) as client:
+        # Estimated free, so that it is admitted and started however busy this machine is; the gate then
+        # holds it far past its estimate: the one case that still ends in 504.
+        client.app.state.engine.costs = CostModel(prior=lambda resolution, texture: 0.0)
         slow = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
         assert slow.status_code == 504 and slow.json()["error"] == "timeout"
         engine = client.app.state.engine
