@@ -8,10 +8,13 @@ Life of a request (:meth:`Engine.submit`):
 
 1. the key is ``sha256(model hash, canonical request)``; a cached result is answered at once;
 2. a request identical to one already queued or running joins it (one computation, many waiters);
-3. otherwise it enters the queue, or, when ``queue_size`` requests wait already, is refused with
-   :class:`server.work_queue.QueueFull` (the API answers 429 with ``Retry-After``);
+3. otherwise it enters the queue if it can finish in time (:mod:`server.admission`: its estimated cost
+   behind the queue's estimated work must end before its deadline), or is refused at once: 429 or 503 with
+   ``Retry-After``; past ``queue_size`` waiting requests it is refused 429 too;
 4. the worker takes the first waiting request, waits up to ``max_wait_ms`` for more, and takes at most
-   ``max_batch_size``: a micro-batch. Requests whose every waiter has given up are skipped.
+   ``max_batch_size``: a micro-batch. A request that can no longer finish before its deadline (its
+   waiters gone, or the estimate proved low) is answered 503 instead of run, checked again before each
+   frame of an interpolation walk; each finished request's worker time updates the cost estimates.
 
 What a micro-batch shares, and what it does not: the batch's prompts are embedded before any mesh is built
 (the text encoder's cache then serves every request of the batch), and identical requests are computed once.
@@ -44,24 +47,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import torch
-
 from att3d.devices import resolve_device
 from att3d.generate import Generator
-from att3d.meshing.errors import NoSurfaceError
-from att3d.meshing.export import mesh_to_bytes
+from server import mesh_spec
+from server.admission import Clock, CostModel, TooSlow, retry_after
 from server.errors import ServiceError
-from server.memory import free_memory, is_out_of_memory, release_freed_memory
-from server.mesh_spec import MeshSpec, batch_meshes, batched_body_alone, per_request_body, response_body
+from server.memory import free_memory, release_freed_memory
+from server.mesh_spec import MeshSpec, batch_meshes, batched_body_alone, classify_error
 from server.metrics import Metrics
 from server.result_cache import GenerationResult, ResultCache
 from server.settings import ServerSettings
 from server.work_queue import WorkQueue
 
 logger = logging.getLogger(__name__)
-
-WARMUP_PROMPT = "a cube"
-"""Prompt meshed once per model at start-up (loads the text encoder, fills allocator caches)."""
 
 ModelSource = Generator | Callable[[], Generator]
 """A loaded generator, or a function the worker calls to load one (so loading never blocks start-up)."""
@@ -78,7 +76,15 @@ class _Task:
     key: str
     future: Future[GenerationResult]
     deadline: float
-    """``time.monotonic()`` after which no waiter is left."""
+    """Clock time after which no waiter is left."""
+    due: float
+    """Clock time by which the result must be ready (``deadline`` less ``deadline_margin``)."""
+    cost: float
+    """Estimated worker seconds at submission."""
+
+    @property
+    def meshes(self) -> int:
+        return len(self.spec.walk)
 
 
 @dataclass
@@ -98,19 +104,26 @@ class Engine:
     """Owns the models through one worker thread; the event loop talks to it with futures only."""
 
     def __init__(
-        self, settings: ServerSettings, models: Mapping[str, ModelSource], metrics: Metrics | None = None
+        self,
+        settings: ServerSettings,
+        models: Mapping[str, ModelSource],
+        metrics: Metrics | None = None,
+        costs: CostModel | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         if not models:
             raise ValueError("models: the engine needs at least one model")
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.cache = ResultCache(settings.cache_bytes)
+        self.clock = clock
+        self.costs = costs or CostModel(stale_s=settings.cost_stale_s, clock=clock)
         self._sources = dict(models)
         self._generators: dict[str, Generator] = {}  # worker thread only
         self._info: dict[str, dict[str, Any]] = {}  # replaced whole on change: readers see a snapshot
         self._prompts: dict[str, list[str]] = {}
         self.default_model = next(iter(models))
-        self._work: WorkQueue[_Task, _Control] = WorkQueue(settings, self.metrics)
+        self._work: WorkQueue[_Task, _Control] = WorkQueue(settings, self.metrics, clock)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.load_error: str | None = None
@@ -145,7 +158,11 @@ class Engine:
         return len(self._work)
 
     def saturated(self) -> bool:
-        return len(self._work) > self.settings.readiness_queue_fraction * self.settings.queue_size
+        """The queue is fuller than ``readiness_queue_fraction`` of its size, or of its deadline's work."""
+        s = self.settings
+        budget = s.request_timeout_s * (1.0 - s.deadline_margin)
+        fraction = s.readiness_queue_fraction
+        return len(self._work) > fraction * s.queue_size or self._work.work_ahead() > fraction * budget
 
     def models(self) -> list[dict[str, Any]]:
         """Info of every loaded model (empty until loading finished)."""
@@ -175,15 +192,18 @@ class Engine:
 
     def submit(self, spec: MeshSpec, key: str | None = None) -> Future[GenerationResult]:
         """A future for the result of ``spec``: joins an identical queued or running request if there is
-        one, else queues it; raises :class:`QueueFull` when ``queue_size`` requests wait already."""
+        one, else queues it; raises :class:`QueueFull` (429) or :class:`TooSlow` (503) when it could not
+        finish before its deadline, or ``queue_size`` requests wait already."""
         key = key or self.key(spec)
         cached = self.cache.get(key)  # it may have landed since the caller's lookup
         if cached is not None:
             done: Future[GenerationResult] = Future()
             done.set_result(cached)
             return done
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        return self._work.put(_Task(spec, key, Future(), deadline))
+        now, timeout = self.clock(), self.settings.request_timeout_s
+        due = now + timeout * (1.0 - self.settings.deadline_margin)
+        cost = self.costs.cost(len(spec.walk), spec.resolution, spec.texture)
+        return self._work.put(_Task(spec, key, Future(), now + timeout, due, cost))
 
     def run_on_worker(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the worker thread before any queued generation (e.g. loading a model)."""
@@ -211,7 +231,7 @@ class Engine:
                 generator = source if isinstance(source, Generator) else source()
                 self._register(name, generator)
                 if self.settings.warmup:
-                    self._warmup(generator)
+                    mesh_spec.warm_up(generator)
         except Exception as err:  # the probes report it; the process stays up to say why
             logger.exception("loading the models failed")
             self.load_error = f"{type(err).__name__}: {err}"
@@ -244,21 +264,6 @@ class Engine:
         self._prompts = {**self._prompts, name: list(generator.prompts)}
         self._info = {**self._info, name: entry}
 
-    def _warmup(self, generator: Generator) -> None:
-        config = dataclasses.replace(generator.config.mesh, resolution=16, texture="vertex")
-        started = time.perf_counter()
-        # The warm-up prompt's embedding may come from the on-disk cache, which would leave the text
-        # encoder unloaded until the first new prompt: load it now (a CachedEncoder wraps the model).
-        # A forward pass of the bare model (bypassing the cache) also allocates its activation buffers now
-        # rather than on the first new prompt.
-        text_model = getattr(generator.encoder, "encoder", generator.encoder)
-        if callable(getattr(text_model, "load", None)):
-            text_model.load()
-        text_model.encode([WARMUP_PROMPT])
-        with contextlib.suppress(NoSurfaceError), torch.no_grad():
-            mesh_to_bytes(generator.generate(WARMUP_PROMPT, config), "glb")
-        logger.info("warmed up model %s in %.2f s", generator.name, time.perf_counter() - started)
-
     def _run_control(self, control: _Control) -> None:
         if not control.future.set_running_or_notify_cancel():
             return
@@ -270,13 +275,7 @@ class Engine:
     def _process(self, batch: list[_Task]) -> None:
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(batch))
-        now = time.monotonic()
-        live = []
-        for task in batch:
-            if now > task.deadline:
-                self._work.finish(task, error=ServiceError(504, "timeout", "no client is waiting any more"))
-            else:
-                live.append(task)
+        live = [task for task in batch if self._in_time(task, task.meshes)]
         # Embed every prompt of the batch first, one encoder call per prompt (see the module docstring).
         embed_seconds = {}
         for task in live:
@@ -290,8 +289,8 @@ class Engine:
         if self.settings.mesher == "batched":
             self._mesh_batched(live, embed_seconds)
         else:
-            for task in live:
-                self._run_task(task, partial(self._mesh_bytes, task.spec), embed_seconds[task.key])
+            for task in live:  # each checks before every mesh whether it can still finish in time
+                self._run_task(task, partial(self._mesh_bytes, task), embed_seconds[task.key])
         self._work.record_batch(time.perf_counter() - started)
         release_freed_memory()
 
@@ -305,8 +304,8 @@ class Engine:
         groups: dict[tuple[str, int, str], list[_Task]] = {}
         for task in tasks:
             if task.spec.model not in self._generators:  # reports the missing model
-                self._run_task(task, partial(self._mesh_bytes, task.spec), embed_seconds[task.key])
-            else:
+                self._run_task(task, partial(self._mesh_bytes, task), embed_seconds[task.key])
+            elif self._in_time(task, task.meshes):
                 groups.setdefault((task.spec.model, task.spec.resolution, task.spec.texture), []).append(task)
         for (model, _, _), group in groups.items():
             generator = self._generators[model]
@@ -325,7 +324,7 @@ class Engine:
                 continue
             share = (time.perf_counter() - started) / len(group)
             for task, task_meshes in zip(group, meshes, strict=True):
-                render = partial(response_body, task.spec, task_meshes)
+                render = partial(mesh_spec.response_body, task.spec, task_meshes)
                 self._run_task(task, render, embed_seconds[task.key] + share)
 
     def _run_task(self, task: _Task, render: Callable[[], tuple[bytes, str]], spent_s: float = 0.0) -> None:
@@ -335,7 +334,7 @@ class Engine:
         try:
             body, media_type = render()
         except Exception as err:
-            error = _classify(err)
+            error = classify_error(err)
             del err  # the traceback pins the frames' tensors; drop it before freeing memory
             if error.code == "out_of_memory":
                 free_memory()
@@ -344,6 +343,7 @@ class Engine:
             return
         elapsed = time.perf_counter() - started
         self.metrics.generation.labels("ok").observe(elapsed)
+        self.costs.record(task.spec.resolution, task.spec.texture, task.meshes, elapsed)
         result = GenerationResult(
             body=body,
             media_type=media_type,
@@ -356,26 +356,29 @@ class Engine:
         self.metrics.cache_entries.set(len(self.cache))
         self._work.finish(task, result=result)
 
-    def _mesh_bytes(self, spec: MeshSpec) -> tuple[bytes, str]:
-        """``mesher="per_request"``: the response body of ``spec`` from the model it names."""
-        generator = self._generators.get(spec.model)
+    def _mesh_bytes(self, task: _Task) -> tuple[bytes, str]:
+        """``mesher="per_request"``: the response body of ``task`` from the model it names, stopped
+        between frames once the rest could not finish before the task is due."""
+        generator = self._generators.get(task.spec.model)
         if generator is None:
-            raise ServiceError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
-        return per_request_body(generator, spec)
+            raise ServiceError(404, "not_found", f"model {task.spec.model!r} is not loaded", "model")
+        return mesh_spec.per_request_body(generator, task.spec, partial(self._check_due, task))
 
+    def _check_due(self, task: _Task, meshes_left: int) -> None:
+        """Raise :class:`TooSlow` if ``meshes_left`` more meshes of ``task`` would end after it is due."""
+        left = self.costs.cost(meshes_left, task.spec.resolution, task.spec.texture)
+        if self.clock() + left > task.due:
+            raise TooSlow(
+                retry_after(self._work.work_ahead() + left),
+                "the server is slower than estimated: this request would not finish within its "
+                f"{self.settings.request_timeout_s:g} s deadline",
+            )
 
-def _classify(err: Exception) -> ServiceError:
-    """Map a worker exception to the API error it becomes."""
-    if isinstance(err, ServiceError):
-        return err
-    if is_out_of_memory(err):
-        return ServiceError(
-            503, "out_of_memory", "the model ran out of memory on this request; try a lower resolution"
-        )
-    if isinstance(err, NoSurfaceError):
-        return ServiceError(422, "no_surface", f"the model produced no surface: {err}", "prompt")
-    if isinstance(err, ValueError):
-        # Inputs are validated before they are queued; a ValueError here is still about the input.
-        return ServiceError(422, "invalid_request", str(err).splitlines()[0] if str(err) else "invalid")
-    logger.error("generation failed", exc_info=err)
-    return ServiceError(500, "internal_error", f"generation failed ({type(err).__name__})")
+    def _in_time(self, task: _Task, meshes_left: int) -> bool:
+        """Whether ``task`` can still finish before it is due; if not, it is answered 503 (not run)."""
+        try:
+            self._check_due(task, meshes_left)
+        except TooSlow as err:
+            self._work.finish(task, error=err)
+            return False
+        return True

@@ -6,7 +6,11 @@ The model worker (``server.engine``) decides when and on which model these run; 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +19,17 @@ import torch
 from att3d.config import MeshConfig
 from att3d.generate import Generator
 from att3d.meshing.coarse_to_fine import CoarseToFineOptions
+from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.export import frames_zip, mesh_to_bytes
 from att3d.meshing.mesher import mesh_embeddings
+from server.errors import ServiceError
+from server.memory import is_out_of_memory
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE
+
+logger = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "a cube"
+"""Prompt meshed once per model at start-up (loads the text encoder, fills allocator caches)."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +63,18 @@ def mesh_config(generator: Generator, spec: MeshSpec) -> MeshConfig:
     return dataclasses.replace(generator.config.mesh, resolution=spec.resolution, texture=spec.texture)
 
 
-def per_request_body(generator: Generator, spec: MeshSpec) -> tuple[bytes, str]:
+def per_request_body(
+    generator: Generator, spec: MeshSpec, before_mesh: Callable[[int], None] | None = None
+) -> tuple[bytes, str]:
     """``mesher="per_request"``: the response body from ``Generator.mesh`` per mesh, exactly as the CLI
-    does."""
+    does. ``before_mesh(meshes_left)`` runs before each mesh and may raise to stop the request there."""
     config = mesh_config(generator, spec)
+    meshes = []
     with torch.no_grad():
-        meshes = [generator.mesh(generator.blend(list(spec.prompts), list(w)), config) for w in spec.walk]
+        for i, weights in enumerate(spec.walk):
+            if before_mesh is not None:
+                before_mesh(len(spec.walk) - i)
+            meshes.append(generator.mesh(generator.blend(list(spec.prompts), list(weights)), config))
     return response_body(spec, meshes)
 
 
@@ -100,3 +118,37 @@ def batch_meshes(generator: Generator, specs: list[MeshSpec]) -> list[list[Any]]
 def batched_body_alone(generator: Generator, spec: MeshSpec) -> tuple[bytes, str]:
     """One request through the batched mesher on its own (the fallback after a failed group)."""
     return response_body(spec, batch_meshes(generator, [spec])[0])
+
+
+def warm_up(generator: Generator) -> None:
+    """Mesh :data:`WARMUP_PROMPT` once at a low resolution (loads the text encoder, fills caches)."""
+    config = dataclasses.replace(generator.config.mesh, resolution=16, texture="vertex")
+    started = time.perf_counter()
+    # The warm-up prompt's embedding may come from the on-disk cache, which would leave the text
+    # encoder unloaded until the first new prompt: load it now (a CachedEncoder wraps the model).
+    # A forward pass of the bare model (bypassing the cache) also allocates its activation buffers now
+    # rather than on the first new prompt.
+    text_model = getattr(generator.encoder, "encoder", generator.encoder)
+    if callable(getattr(text_model, "load", None)):
+        text_model.load()
+    text_model.encode([WARMUP_PROMPT])
+    with contextlib.suppress(NoSurfaceError), torch.no_grad():
+        mesh_to_bytes(generator.generate(WARMUP_PROMPT, config), "glb")
+    logger.info("warmed up model %s in %.2f s", generator.name, time.perf_counter() - started)
+
+
+def classify_error(err: Exception) -> ServiceError:
+    """Map a worker exception to the API error it becomes."""
+    if isinstance(err, ServiceError):
+        return err
+    if is_out_of_memory(err):
+        return ServiceError(
+            503, "out_of_memory", "the model ran out of memory on this request; try a lower resolution"
+        )
+    if isinstance(err, NoSurfaceError):
+        return ServiceError(422, "no_surface", f"the model produced no surface: {err}", "prompt")
+    if isinstance(err, ValueError):
+        # Inputs are validated before they are queued; a ValueError here is still about the input.
+        return ServiceError(422, "invalid_request", str(err).splitlines()[0] if str(err) else "invalid")
+    logger.error("generation failed", exc_info=err)
+    return ServiceError(500, "internal_error", f"generation failed ({type(err).__name__})")

@@ -42,7 +42,17 @@ class ServerSettings:
     queue_size: int = 64
     """Generation requests that may wait for the worker; more get 429 with ``Retry-After``."""
     request_timeout_s: float = 120.0
-    """A request still unanswered after this long gets 504 (its result is still cached when it lands)."""
+    """A request's deadline. It is admitted only if its estimated completion (the queue's estimated work
+    plus its own measured cost) falls within ``request_timeout_s * (1 - deadline_margin)``, else refused at
+    once: 429 (the queue is too long) or 503 (too slow even alone), with ``Retry-After``. A request still
+    unanswered after this long (its estimate was far off) gets 504; its result is still cached when it
+    lands."""
+    deadline_margin: float = 0.1
+    """Fraction of ``request_timeout_s`` held back for estimate errors (admission and the worker's checks
+    aim at the rest), so that an admitted request is answered 200 or 503, not 504."""
+    cost_stale_s: float = 300.0
+    """A resolution's measured cost older than this gives way to the cold-start estimate scaled by recent
+    measurements at other resolutions (so a cost measured under a CPU hog does not refuse it forever)."""
     cache_bytes: int = 256 * 1024 * 1024
     """Byte budget of the in-memory LRU result cache (0 disables it)."""
 
@@ -53,7 +63,8 @@ class ServerSettings:
     warmup: bool = True
     """Generate one small mesh per model at start-up; ``/readyz`` stays 503 until it is done."""
     readiness_queue_fraction: float = 0.9
-    """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``."""
+    """``/readyz`` reports not ready while the queue is fuller than this fraction of ``queue_size``, or its
+    estimated work than this fraction of what fits before a deadline."""
     device: str = "cpu"
     """Device the models live on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     mesher: str = "per_request"
@@ -89,6 +100,10 @@ class ServerSettings:
         for name in ("max_wait_ms", "cache_bytes", "max_running_jobs", "job_cancel_grace_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.deadline_margin < 1:
+            problems.append(f"deadline_margin must be in [0, 1), got {self.deadline_margin}")
+        if not self.cost_stale_s > 0:
+            problems.append(f"cost_stale_s must be > 0, got {self.cost_stale_s}")
         if not self.request_timeout_s > 0:
             problems.append(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         lo, hi = RESOLUTION_RANGE

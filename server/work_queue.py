@@ -1,10 +1,11 @@
 """The bounded queue between the event loop and the model worker.
 
 Generation tasks wait in FIFO order; a task whose key is already queued or running is not queued again, its
-caller joins the one computation; past ``queue_size`` waiting tasks a new one is refused with
-:class:`QueueFull`. Control items (model loading) go ahead of every generation. The worker takes either one
-control item or a micro-batch: the first waiting task, then more for up to ``max_wait_ms``, at most
-``max_batch_size`` of them.
+caller joins the one computation. A new task is refused with :class:`QueueFull` past ``queue_size`` waiting
+tasks, and by :func:`server.admission.admit` (429 or 503) when the estimated work ahead of it plus its own
+cost would end after its ``due`` time. Control items (model loading) go ahead of every generation. The
+worker takes either one control item or a micro-batch: the first waiting task, then more for up to
+``max_wait_ms``, at most ``max_batch_size`` of them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Generic, Protocol, TypeVar
 
+from server.admission import Clock, QueueFull, admit
 from server.errors import ServiceError
 from server.metrics import Metrics
 from server.settings import ServerSettings
+
+__all__ = ["QueueFull", "WorkQueue"]
 
 
 class QueuedTask(Protocol):
@@ -30,7 +34,11 @@ class QueuedTask(Protocol):
     """Identical requests have the same key; one computation serves them all."""
     future: Future[Any]
     deadline: float
-    """``time.monotonic()`` after which no waiter is left."""
+    """Clock time after which no waiter is left."""
+    due: float
+    """Clock time by which the result must be ready for its waiter (admission's deadline)."""
+    cost: float
+    """Estimated worker seconds."""
 
 
 class ControlItem(Protocol):
@@ -44,19 +52,6 @@ T = TypeVar("T", bound=QueuedTask)
 C = TypeVar("C", bound=ControlItem)
 
 
-class QueueFull(ServiceError):
-    """The queue holds ``queue_size`` requests already: 429 with ``Retry-After``."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(
-            429,
-            "queue_full",
-            f"the generation queue is full; retry in about {retry_after_s} s",
-            headers={"Retry-After": str(retry_after_s)},
-        )
-        self.retry_after_s = retry_after_s
-
-
 def _shutting_down() -> ServiceError:
     return ServiceError(503, "shutting_down", "the server is shutting down")
 
@@ -64,10 +59,14 @@ def _shutting_down() -> ServiceError:
 class WorkQueue(Generic[T, C]):
     """Tasks and control items for one worker thread; every method is thread-safe."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, metrics: Metrics, clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.clock = clock
         self._tasks: deque[T] = deque()
+        # The tasks the worker took and has not finished (estimated cost each), since the last finish.
+        self._running: dict[int, float] = {}
+        self._running_since = 0.0
         self._controls: deque[C] = deque()
         self._inflight: dict[str, T] = {}
         self._cond = threading.Condition()
@@ -81,17 +80,25 @@ class WorkQueue(Generic[T, C]):
 
     def put(self, task: T) -> Future[Any]:
         """The future of ``task``, or of the identical task already queued or running (its deadline is then
-        extended); raises :class:`QueueFull` when ``queue_size`` tasks wait already."""
+        extended); raises :class:`QueueFull` when ``queue_size`` tasks wait already or the work ahead is too
+        long for ``task.due``, :class:`server.admission.TooSlow` when ``task.cost`` alone is."""
         with self._cond:
             if self._stopping:
                 raise _shutting_down()
             running = self._inflight.get(task.key)
             if running is not None:
                 running.deadline = max(running.deadline, task.deadline)
+                running.due = max(running.due, task.due)
                 return running.future
             if len(self._tasks) >= self.settings.queue_size:
                 self.metrics.rejected.inc()
                 raise QueueFull(self._retry_after())
+            now = self.clock()
+            try:
+                admit(task.cost, self._work_ahead(now), task.due - now)
+            except QueueFull:
+                self.metrics.rejected.inc()
+                raise
             self._inflight[task.key] = task
             self._tasks.append(task)
             self._cond.notify_all()
@@ -125,6 +132,8 @@ class WorkQueue(Generic[T, C]):
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._running = {id(task): task.cost for task in batch}
+            self._running_since = self.clock()
             return batch
 
     def finish(self, task: T, result: Any = None, error: Exception | None = None) -> None:
@@ -132,6 +141,8 @@ class WorkQueue(Generic[T, C]):
         with self._cond:
             if self._inflight.get(task.key) is task:
                 del self._inflight[task.key]
+            if self._running.pop(id(task), None) is not None:
+                self._running_since = self.clock()
         # A waiter's cancellation must not reach this shared future (the API shields it), but never let
         # an already-settled future take the worker down.
         with contextlib.suppress(InvalidStateError):
@@ -139,6 +150,15 @@ class WorkQueue(Generic[T, C]):
                 task.future.set_exception(error)
             else:
                 task.future.set_result(result)
+
+    def work_ahead(self) -> float:
+        """Estimated worker seconds before a task queued now would start."""
+        with self._cond:
+            return self._work_ahead(self.clock())
+
+    def _work_ahead(self, now: float) -> float:
+        running = max(sum(self._running.values()) - (now - self._running_since), 0.0)
+        return running + sum(task.cost for task in self._tasks)
 
     def record_batch(self, seconds: float) -> None:
         """A batch took ``seconds``: the smoothed batch time estimates ``Retry-After``."""

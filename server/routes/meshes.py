@@ -146,7 +146,7 @@ async def _answer(
             ) from None
         except ServiceError as err:
             # The worker's errors are shared by every waiter: answer with a copy, adding Retry-After to 503s.
-            headers = {"Retry-After": "5"} if err.status == 503 else None
+            headers = err.headers or ({"Retry-After": "5"} if err.status == 503 else None)
             raise ServiceError(err.status, err.code, err.message, err.field, headers) from None
         cache = "miss"
     headers = _headers(result, etag, cache, result.model_hash)

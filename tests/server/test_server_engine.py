@@ -1,4 +1,6 @@
-"""The model engine: micro-batching, batch invariance, coalescing, queue limits, timeouts, failures."""
+"""The model engine: micro-batching, batch invariance, coalescing, queue limits, timeouts, failures.
+
+Admission by estimated completion time and deadline checks: test_server_admission.py."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from server_fakes import (
 
 from att3d.generate import Generator
 from att3d.meshing.export import mesh_to_bytes
+from server.admission import CostModel
 from server.engine import Engine
 from server.mesh_spec import MeshSpec
 from server.work_queue import QueueFull
@@ -216,8 +219,11 @@ def test_no_surface_is_422(env):
 def test_timeout_is_504_and_the_late_result_is_cached(env):
     generator = tiny_generator()
     gate = Gate(generator)
-    settings = settings_for(env, request_timeout_s=0.3, warmup=False)
+    settings = settings_for(env, request_timeout_s=0.5, warmup=False)
     with started_client(settings, {"default": generator}) as client:
+        # Estimated free, so that it is admitted and started however busy this machine is; the gate then
+        # holds it far past its estimate: the one case that still ends in 504.
+        client.app.state.engine.costs = CostModel(prior=lambda resolution, texture: 0.0)
         slow = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
         assert slow.status_code == 504 and slow.json()["error"] == "timeout"
         engine = client.app.state.engine
@@ -229,24 +235,6 @@ def test_timeout_is_504_and_the_late_result_is_cached(env):
             threading.Event().wait(0.02)
         again = client.post("/v1/generate", json={"prompt": "slow", "resolution": RES})
         assert again.status_code == 200 and again.headers["x-cache"] == "hit"
-
-
-def test_expired_requests_are_skipped(env):
-    generator = tiny_generator()
-    gate = Gate(generator)
-    engine = _engine(env, generator, request_timeout_s=0.2)
-    try:
-        held = engine.submit(_spec("held"))
-        assert gate.entered.wait(10)
-        late = engine.submit(_spec("abandoned"))
-        threading.Event().wait(0.3)  # every waiter of "abandoned" has given up by now
-        gate.release.set()
-        held.result(30)
-        with pytest.raises(Exception, match="no client is waiting"):
-            late.result(30)
-        assert ("abandoned",) not in gate.calls
-    finally:
-        engine.stop()
 
 
 # ---- mesher="batched": one CoarseToFineMesher pass per micro-batch -----------------------------------
