@@ -66,8 +66,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Unknown model or job.",
         413: "Request body too large.",
         422: "Invalid field value; the response names the field.",
-        429: "Queue full, or too much work ahead to finish this request before its deadline; see Retry-After.",
-        503: "Not ready, overloaded (this request alone cannot finish in time), or out of memory; see Retry-After.",
+        429: "Queue full, or too much work ahead to finish before the deadline; see Retry-After.",
+        503: "Not ready, overloaded (too slow even alone), or out of memory; see Retry-After.",
         504: "No result within the request timeout.",
     }.items()
 }
