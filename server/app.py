@@ -9,6 +9,7 @@ Routes (OpenAPI at ``/docs``; the full reference is docs/API.md):
 - ``POST /v1/jobs`` (``Idempotency-Key``), ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/resume``;
 - ``GET /livez``, ``GET /readyz`` (probes, never behind the API key), ``GET /metrics`` (Prometheus);
+- ``HEAD`` on every GET route (the GET's headers, no body); no trailing-slash redirects;
 - ``GET /``: the viewer page (static files under ``/static``); ``/docs`` and ``/redoc`` from packaged assets.
 
 The routes live in ``server.routes``, the middleware in ``server.middleware``, the error handling in
@@ -37,7 +38,14 @@ from server.engine import Engine, ModelSource
 from server.errors import add_error_handlers
 from server.jobs.scheduler import JobManager
 from server.metrics import Metrics
-from server.middleware import PROBES, ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, is_public
+from server.middleware import (
+    PROBES,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HeadMiddleware,
+    MetricsMiddleware,
+    is_public,
+)
 from server.routes import jobs as job_routes
 from server.routes import meshes as mesh_routes
 from server.routes import models as model_routes
@@ -96,6 +104,7 @@ def create_app(
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key))
+    middleware.append(Middleware(HeadMiddleware))
 
     app = FastAPI(
         title="att3d",
@@ -105,6 +114,8 @@ def create_app(
         middleware=middleware,
         docs_url=None,  # served from packaged assets by server.routes.docs, never from a CDN
         redoc_url=None,
+        # /v1/jobs/ is a JSON 404 naming /v1/jobs, not a 307 with an empty body (server.errors).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -11,7 +11,7 @@ from fastapi import Path as PathParam
 
 from server.deps import EngineDep, JobsDep
 from server.engine import Engine
-from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
+from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
 from server.schemas import ErrorResponse, LoadModelRequest, ModelInfo, ModelList, PromptList
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ async def model_prompts(
     status_code=201,
     tags=["models"],
     responses={
+        **BODY_ERROR_RESPONSES,
         404: ERROR_RESPONSES[404],
         409: {"model": ErrorResponse, "description": "Name taken or job not finished."},
         500: {"model": ErrorResponse, "description": "The checkpoint could not be loaded."},
