@@ -5,7 +5,7 @@ Routes (OpenAPI at ``/docs``; the full reference is docs/API.md):
 - ``POST /v1/generate``, ``POST /v1/interpolate``: mesh bytes, with ``ETag``, ``X-Model-Hash``,
   ``X-Generation-Ms`` and ``X-Cache``; ``If-None-Match`` with a current ETag answers 304 without generating;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /v1/models/{name}/prompts``, ``POST /v1/models``
-  (load a finished job's checkpoint under a name);
+  (load a finished job's checkpoint under a name; kept in the data folder and loaded again at start-up);
 - ``POST /v1/jobs`` (``Idempotency-Key``), ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/resume``;
 - ``GET /livez``, ``GET /readyz`` (probes, never behind the API key), ``GET /metrics`` (Prometheus);
@@ -51,6 +51,7 @@ from server.routes import meshes as mesh_routes
 from server.routes import models as model_routes
 from server.routes import probes as probe_routes
 from server.routes.docs import add_docs
+from server.saved_models import SavedModels
 from server.settings import ServerSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -64,6 +65,9 @@ def create_app(
     if models is None:
         device = settings.device
         models = {"default": lambda: Generator.default(device=str(resolve_device(device)))}
+    saved_models = SavedModels(settings.data_dir)
+    # Models added with POST /v1/models come back after the configured ones (the first stays the default).
+    models = {**models, **saved_models.loaders(models, settings.device)}
     metrics_ = Metrics()
     engine = Engine(settings, models, metrics_)
     jobs = JobManager(settings)
@@ -121,6 +125,7 @@ def create_app(
     app.state.engine = engine
     app.state.jobs = jobs
     app.state.metrics = metrics_
+    app.state.saved_models = saved_models
     add_error_handlers(app)
     for routes in (mesh_routes, model_routes, job_routes, probe_routes):
         app.include_router(routes.router)

@@ -63,8 +63,9 @@ logger = logging.getLogger(__name__)
 WARMUP_PROMPT = "a cube"
 """Prompt meshed once per model at start-up (loads the text encoder, fills allocator caches)."""
 
-ModelSource = Generator | Callable[[], Generator]
-"""A loaded generator, or a function the worker calls to load one (so loading never blocks start-up)."""
+ModelSource = Generator | Callable[[], Generator | None]
+"""A loaded generator, or a function the worker calls to load one (so loading never blocks start-up); a
+loader returning ``None`` is an optional model that could not load (``server.saved_models``): skipped."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +210,8 @@ class Engine:
         try:
             for name, source in self._sources.items():
                 generator = source if isinstance(source, Generator) else source()
+                if generator is None:
+                    continue
                 self._register(name, generator)
                 if self.settings.warmup:
                     self._warmup(generator)
