@@ -164,9 +164,11 @@ class HeadMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        # In place, as routing updates the scope in place: the metrics middleware reads its route.
-        scope["method"] = "GET"
+        # A copy: the server reads the method from its own scope to send no body (uvicorn insists on the
+        # Content-Length's worth of bytes for a GET). The metrics middleware reads the matched route back.
+        get_scope = {**scope, "method": "GET"}
         try:
-            await self.app(scope, receive, headers_only)
+            await self.app(get_scope, receive, headers_only)
         finally:
-            scope["method"] = "HEAD"
+            if "route" in get_scope:
+                scope["route"] = get_scope["route"]

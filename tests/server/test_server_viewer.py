@@ -51,6 +51,15 @@ def server_url(tmp_path):
             thread.join(30)
 
 
+def test_head_over_a_real_server(server_url):
+    # uvicorn, not the test client: the server itself must accept a HEAD answer without the GET's body.
+    for path in ("/", "/livez", "/readyz", "/v1/models", "/static/vendor/model-viewer/model-viewer.min.js"):
+        get, head = httpx.get(server_url + path), httpx.head(server_url + path)
+        assert head.status_code == get.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-length"] == get.headers["content-length"], path
+    assert 'method="HEAD",route="/livez",status="200"' in httpx.get(f"{server_url}/metrics").text
+
+
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
 )
