@@ -187,7 +187,7 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
             message += f" (did you mean {path.rstrip('/')}?)"
     if exc.status_code == 405:
         # Starlette's Allow names only the first route of the path (/v1/jobs has a GET and a POST route).
-        allowed = ", ".join(sorted(_methods(request, path)))
+        allowed = ", ".join(sorted(_methods(request, path))) or headers.get("Allow", "")
         headers["Allow"] = allowed
         message = f"method {request.method} is not allowed on {path} (allowed: {allowed})"
     fields = [{"field": "body", "message": message}] if exc.status_code == 413 else None
