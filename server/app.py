@@ -5,10 +5,11 @@ Routes (OpenAPI at ``/docs``; the full reference is docs/API.md):
 - ``POST /v1/generate``, ``POST /v1/interpolate``: mesh bytes, with ``ETag``, ``X-Model-Hash``,
   ``X-Generation-Ms`` and ``X-Cache``; ``If-None-Match`` with a current ETag answers 304 without generating;
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /v1/models/{name}/prompts``, ``POST /v1/models``
-  (load a finished job's checkpoint under a name);
+  (load a finished job's checkpoint under a name; kept in the data folder and loaded again at start-up);
 - ``POST /v1/jobs`` (``Idempotency-Key``), ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/resume``;
 - ``GET /livez``, ``GET /readyz`` (probes, never behind the API key), ``GET /metrics`` (Prometheus);
+- ``HEAD`` on every GET route (the GET's headers, no body); no trailing-slash redirects;
 - ``GET /``: the viewer page (static files under ``/static``); ``/docs`` and ``/redoc`` from packaged assets.
 
 The routes live in ``server.routes``, the middleware in ``server.middleware``, the error handling in
@@ -37,12 +38,20 @@ from server.engine import Engine, ModelSource
 from server.errors import add_error_handlers
 from server.jobs.scheduler import JobManager
 from server.metrics import Metrics
-from server.middleware import PROBES, ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, is_public
+from server.middleware import (
+    PROBES,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HeadMiddleware,
+    MetricsMiddleware,
+    is_public,
+)
 from server.routes import jobs as job_routes
 from server.routes import meshes as mesh_routes
 from server.routes import models as model_routes
 from server.routes import probes as probe_routes
 from server.routes.docs import add_docs
+from server.saved_models import SavedModels
 from server.settings import ServerSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -56,6 +65,9 @@ def create_app(
     if models is None:
         device = settings.device
         models = {"default": lambda: Generator.default(device=str(resolve_device(device)))}
+    saved_models = SavedModels(settings.data_dir)
+    # Models added with POST /v1/models come back after the configured ones (the first stays the default).
+    models = {**models, **saved_models.loaders(models, settings.device)}
     metrics_ = Metrics()
     engine = Engine(settings, models, metrics_)
     jobs = JobManager(settings)
@@ -96,6 +108,7 @@ def create_app(
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     middleware.append(Middleware(ApiKeyMiddleware, api_key=settings.api_key))
+    middleware.append(Middleware(HeadMiddleware))
 
     app = FastAPI(
         title="att3d",
@@ -105,11 +118,14 @@ def create_app(
         middleware=middleware,
         docs_url=None,  # served from packaged assets by server.routes.docs, never from a CDN
         redoc_url=None,
+        # /v1/jobs/ is a JSON 404 naming /v1/jobs, not a 307 with an empty body (server.errors).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.jobs = jobs
     app.state.metrics = metrics_
+    app.state.saved_models = saved_models
     add_error_handlers(app)
     for routes in (mesh_routes, model_routes, job_routes, probe_routes):
         app.include_router(routes.router)

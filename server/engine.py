@@ -61,8 +61,9 @@ from server.work_queue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Generator | Callable[[], Generator]
-"""A loaded generator, or a function the worker calls to load one (so loading never blocks start-up)."""
+ModelSource = Generator | Callable[[], Generator | None]
+"""A loaded generator, or a function the worker calls to load one (so loading never blocks start-up); a
+loader returning ``None`` is an optional model that could not load (``server.saved_models``): skipped."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +230,8 @@ class Engine:
         try:
             for name, source in self._sources.items():
                 generator = source if isinstance(source, Generator) else source()
+                if generator is None:
+                    continue
                 self._register(name, generator)
                 if self.settings.warmup:
                     mesh_spec.warm_up(generator)

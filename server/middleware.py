@@ -1,4 +1,4 @@
-"""ASGI middleware: body size limit, API key, request metrics.
+"""ASGI middleware: body size limit, API key, request metrics, HEAD.
 
 Plain ASGI rather than ``BaseHTTPMiddleware``: they see every request, including the ones no route matches.
 """
@@ -143,3 +143,32 @@ class MetricsMiddleware:
             label = label or "unmatched"
             self.metrics.requests.labels(label, scope["method"], str(status)).inc()
             self.metrics.latency.labels(label).observe(loop.time() - started)
+
+
+class HeadMiddleware:
+    """``HEAD`` answered as ``GET`` without the body, for every GET route (uptime checkers probe with HEAD;
+    FastAPI routes declare GET only). The headers, ``Content-Length`` included, are the GET's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        # A copy: the server reads the method from its own scope to send no body (uvicorn insists on the
+        # Content-Length's worth of bytes for a GET). The metrics middleware reads the matched route back.
+        get_scope = {**scope, "method": "GET"}
+        try:
+            await self.app(get_scope, receive, headers_only)
+        finally:
+            if "route" in get_scope:
+                scope["route"] = get_scope["route"]

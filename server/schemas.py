@@ -30,6 +30,9 @@ ZIP_MEDIA_TYPE = "application/zip"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Names of loaded models: URL-safe, at most 64 characters."""
 
+FRAMES_RANGE = (2, 64)
+"""Bounds of ``frames`` in the schema; a server's ``max_frames`` may lower the upper one."""
+
 WEIGHT_SUM_TOLERANCE = 1e-4
 """Interpolation weights must sum to 1 within this (the same tolerance as ``Generator.blend``)."""
 
@@ -89,7 +92,7 @@ class InterpolateRequest(MeshOptions):
     """The prompts blended, in walk order."""
     weights: Annotated[list[Weight], Field(min_length=2, max_length=8)] | None = None
     """One weight per prompt, each in [0, 1], summing to 1: returns one mesh of that blend."""
-    frames: Annotated[int, Field(ge=2, le=64)] | None = None
+    frames: Annotated[int, Field(ge=FRAMES_RANGE[0], le=FRAMES_RANGE[1])] | None = None
     """Number of evenly spaced frames from the first prompt to the last: returns a zip of meshes."""
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from server.deps import JobsDep
-from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES
+from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES
 from server.schemas import ErrorResponse, JobRequest, JobStatus
 
 router = APIRouter(prefix="/v1", responses=V1_ERROR_RESPONSES)
@@ -23,7 +23,10 @@ IdempotencyKey = Annotated[
         description="Retries with the same key and body return the same job.",
     ),
 ]
-_CREATE_ERRORS = {429: {"model": ErrorResponse, "description": "Too many queued jobs; see Retry-After."}}
+_CREATE_ERRORS = {
+    **BODY_ERROR_RESPONSES,
+    429: {"model": ErrorResponse, "description": "Too many queued jobs; see Retry-After."},
+}
 _JOB_ERRORS = {
     404: ERROR_RESPONSES[404],
     409: {"model": ErrorResponse, "description": "Not possible in the job's state."},

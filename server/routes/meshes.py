@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from att3d.generate import interpolation_weights
 from server.deps import EngineDep, SettingsDep
 from server.engine import Engine
-from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
+from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, limit_error, not_ready
 from server.mesh_spec import MeshSpec
 from server.result_cache import GenerationResult
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE, GenerateRequest, InterpolateRequest, MeshOptions
@@ -71,12 +71,7 @@ async def interpolate(
     name = _model_name(engine, body)
     if body.frames is not None:
         if body.frames > settings.max_frames:
-            raise ServiceError(
-                422,
-                "invalid_request",
-                f"frames {body.frames} is above this server's limit of {settings.max_frames}",
-                "frames",
-            )
+            raise limit_error("frames", body.frames)
         walk = tuple(tuple(w) for w in interpolation_weights(len(body.prompts), body.frames))
     else:
         walk = (tuple(body.weights or ()),)
@@ -108,12 +103,7 @@ def _resolution(engine: Engine, settings: ServerSettings, name: str, options: Me
     if options.resolution is None:
         return int(engine.model_info(name)["default_resolution"])  # type: ignore[index]
     if options.resolution > settings.max_resolution:
-        raise ServiceError(
-            422,
-            "invalid_request",
-            f"resolution {options.resolution} is above this server's limit of {settings.max_resolution}",
-            "resolution",
-        )
+        raise limit_error("resolution", options.resolution)
     return options.resolution
 
 
@@ -156,8 +146,9 @@ async def _answer(
 
 def _etag(key: str) -> str:
     # Weak: the key names the model's answer to this request, which is the same mesh wherever it is
-    # computed, though float rounding may differ across machines and libraries.
-    return f'W/"{key[:40]}"'
+    # computed, though float rounding may differ across machines and libraries. The whole sha256 (64 hex
+    # digits), as docs/API.md says.
+    return f'W/"{key}"'
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -6,12 +6,12 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 
 from server.deps import EngineDep, JobsDep
 from server.engine import Engine
-from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
+from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
 from server.schemas import ErrorResponse, LoadModelRequest, ModelInfo, ModelList, PromptList
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,18 @@ async def model_prompts(
     status_code=201,
     tags=["models"],
     responses={
+        **BODY_ERROR_RESPONSES,
         404: ERROR_RESPONSES[404],
         409: {"model": ErrorResponse, "description": "Name taken or job not finished."},
         500: {"model": ErrorResponse, "description": "The checkpoint could not be loaded."},
         503: ERROR_RESPONSES[503],
     },
 )
-async def load_model(body: LoadModelRequest, engine: EngineDep, jobs: JobsDep) -> dict[str, Any]:
-    """Load a succeeded job's final checkpoint as model ``name`` (it then serves like any other model)."""
+async def load_model(
+    request: Request, body: LoadModelRequest, engine: EngineDep, jobs: JobsDep
+) -> dict[str, Any]:
+    """Load a succeeded job's final checkpoint as model ``name`` (it then serves like any other model, and
+    is loaded again after a restart)."""
     if not engine.models():
         raise not_ready(engine.load_error)
     row = await asyncio.to_thread(jobs.store.get, body.job_id)
@@ -103,4 +107,8 @@ async def load_model(body: LoadModelRequest, engine: EngineDep, jobs: JobsDep) -
     except Exception as err:
         logger.exception("loading job %s's checkpoint failed", body.job_id)
         raise ServiceError(500, "internal_error", f"cannot load the job's checkpoint: {err}") from None
+    try:  # so that a restart loads it again
+        await asyncio.to_thread(request.app.state.saved_models.add, body.name, body.job_id, row["checkpoint"])
+    except OSError:
+        logger.exception("model %r is loaded but could not be saved: a restart will not load it", body.name)
     return info

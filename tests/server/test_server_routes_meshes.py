@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import pytest
@@ -49,7 +50,8 @@ def test_generate_returns_a_valid_glb_with_headers(client, generator):
     assert response.headers["x-model-hash"] == generator.model_hash
     assert response.headers["x-model-name"] == "default"
     assert float(response.headers["x-generation-ms"]) > 0
-    assert response.headers["etag"].startswith('W/"')
+    # The whole sha256 of (model hash, canonical request), as docs/API.md says.
+    assert re.fullmatch(r'W/"[0-9a-f]{64}"', response.headers["etag"]), response.headers["etag"]
     assert response.headers["content-disposition"] == 'attachment; filename="a_red_cube.glb"'
     assert response.content[:4] == b"glTF"
     assert_valid_glb(response.content)
@@ -158,9 +160,9 @@ BAD_REQUESTS = [
     ("/v1/generate", {"prompt": "x \udfff"}, 422, "prompt", "lone surrogate U+DFFF"),  # JSON's "\udfff"
     ("/v1/generate", {"prompt": "a", "format": "stl"}, 422, "format", "glb"),
     ("/v1/generate", {"prompt": "a", "texture": "pbr"}, 422, "texture", "vertex"),
-    ("/v1/generate", {"prompt": "a", "resolution": 8}, 422, "resolution", "greater than or equal to 16"),
-    ("/v1/generate", {"prompt": "a", "resolution": 4096}, 422, "resolution", "less than or equal to 512"),
-    ("/v1/generate", {"prompt": "a", "resolution": 64}, 422, "resolution", "limit of 32"),
+    ("/v1/generate", {"prompt": "a", "resolution": 8}, 422, "resolution", "from 16 to 32"),
+    ("/v1/generate", {"prompt": "a", "resolution": 4096}, 422, "resolution", "from 16 to 32"),
+    ("/v1/generate", {"prompt": "a", "resolution": 64}, 422, "resolution", "from 16 to 32"),
     ("/v1/generate", {"prompt": "a", "resolution": "32"}, 422, "resolution", "integer"),
     ("/v1/generate", {"prompt": "a", "resolution": True}, 422, "resolution", "integer"),
     ("/v1/generate", {"prompt": "a", "resolution": 24.5}, 422, "resolution", "integer"),
@@ -181,8 +183,8 @@ BAD_REQUESTS = [
     ),
     ("/v1/interpolate", {"prompts": ["a"], "frames": 3}, 422, "prompts", "at least 2"),
     ("/v1/interpolate", {"prompts": ["a", ""], "frames": 3}, 422, "prompts.1", "empty"),
-    ("/v1/interpolate", {"prompts": ["a", "b"], "frames": 1}, 422, "frames", "greater than or equal to 2"),
-    ("/v1/interpolate", {"prompts": ["a", "b"], "frames": 9}, 422, "frames", "limit of 4"),
+    ("/v1/interpolate", {"prompts": ["a", "b"], "frames": 1}, 422, "frames", "from 2 to 4"),
+    ("/v1/interpolate", {"prompts": ["a", "b"], "frames": 9}, 422, "frames", "from 2 to 4"),
 ]
 
 
@@ -211,4 +213,44 @@ def test_malformed_json_non_finite_weights_and_wrong_content_type(client):
     assert nan.status_code == 422
     assert nan.json()["fields"][0]["field"] == "weights.0"
     text = client.post("/v1/generate", content=b"a red cube", headers={"content-type": "text/plain"})
-    assert text.status_code in (400, 422)
+    assert text.status_code == 415
+
+
+# curl -d sends application/x-www-form-urlencoded; a body without a content type is not declared JSON either.
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_a_body_not_sent_as_json_is_415_saying_so(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/v1/generate", content=b'{"prompt": "a red cube"}', headers=headers)
+    assert response.status_code == 415, response.text
+    error = response.json()
+    assert error["error"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in error["message"]
+    assert [f["field"] for f in error["fields"]] == ["body"]
+    assert (content_type or "no Content-Type") in error["message"]
+    # A JSON body of the wrong shape, sent as JSON, is still a 422 about its value.
+    array = client.post("/v1/generate", json=[1, 2])
+    assert array.status_code == 422 and array.json()["fields"][0]["field"] == "body"
+
+
+# The schema's bounds (16-512, 2-64) and this server's lower limits (settings_for: 32 and 4) give one message.
+@pytest.mark.parametrize(
+    ("route", "body", "field", "value", "limits"),
+    [
+        ("/v1/generate", {"prompt": "a"}, "resolution", 99999, "16 to 32"),
+        ("/v1/generate", {"prompt": "a"}, "resolution", 300, "16 to 32"),
+        ("/v1/generate", {"prompt": "a"}, "resolution", 33, "16 to 32"),
+        ("/v1/generate", {"prompt": "a"}, "resolution", 15, "16 to 32"),
+        ("/v1/interpolate", {"prompts": ["a", "b"]}, "frames", 99, "2 to 4"),
+        ("/v1/interpolate", {"prompts": ["a", "b"]}, "frames", 5, "2 to 4"),
+        ("/v1/interpolate", {"prompts": ["a", "b"]}, "frames", 1, "2 to 4"),
+    ],
+)
+def test_limits_report_this_servers_range_whichever_check_refused(client, route, body, field, value, limits):
+    response = client.post(route, json={**body, field: value})
+    assert response.status_code == 422, response.text
+    detail = f"must be from {limits} on this server, got {value}"
+    assert response.json() == {
+        "error": "invalid_request",
+        "message": f"{field}: {detail}",
+        "fields": [{"field": field, "message": detail}],
+    }

@@ -1,5 +1,6 @@
-"""Browser test: headless Chromium (Debian's ``chromium``, software WebGL) loads the viewer page, generates a
-mesh, and ``<model-viewer>`` must fire ``load`` and draw something that is not background.
+"""Browser test: headless Chromium (Debian's ``chromium``, software WebGL) loads the viewer page, which shows
+its default prompt's mesh by itself; then it generates a mesh, and ``<model-viewer>`` must fire ``load`` and
+draw something that is not background; a failed blend request leaves the slider at the blend shown.
 
 Driven by ``tools/browser/check_viewer.js`` (npm ``playwright-core``, installed by ``make test`` with
 ``npm --prefix tools/browser ci``; Chromium by ``apt-get install chromium``). Skipped only when Chromium is
@@ -50,6 +51,15 @@ def server_url(tmp_path):
             thread.join(30)
 
 
+def test_head_over_a_real_server(server_url):
+    # uvicorn, not the test client: the server itself must accept a HEAD answer without the GET's body.
+    for path in ("/", "/livez", "/readyz", "/v1/models", "/static/vendor/model-viewer/model-viewer.min.js"):
+        get, head = httpx.get(server_url + path), httpx.head(server_url + path)
+        assert head.status_code == get.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-length"] == get.headers["content-length"], path
+    assert 'method="HEAD",route="/livez",status="200"' in httpx.get(f"{server_url}/metrics").text
+
+
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
 )
@@ -59,20 +69,32 @@ def test_viewer_generates_and_model_viewer_draws_the_mesh(server_url):
         pytest.fail("the browser test needs Node.js and playwright-core: run `npm --prefix tools/browser ci`")
     env = {**os.environ, "CHROMIUM": str(CHROMIUM)}
     proc = subprocess.run(
-        [node, str(TOOLS / "check_viewer.js"), f"{server_url}/", "a red cube"],
+        [node, str(TOOLS / "check_viewer.js"), f"{server_url}/", "a green cone"],
         capture_output=True,
-        timeout=240,
+        timeout=300,
         env=env,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     result = json.loads(proc.stdout)
-    assert result["loads"] >= 1, result
+    # No empty pane: the default prompt's mesh is shown without a click.
+    assert result["firstLoad"]["loads"] >= 1 and result["firstLoad"]["prompt"] == "a red cube", result
+    assert result["loads"] >= 3, result  # default, "a green cone", the 0.25 blend
     assert result["viewerErrors"] == [] and result["consoleErrors"] == [], result
     assert result["externalRequests"] == [], result  # nothing from a CDN or anywhere else
+    assert result["failedRequests"] == [], result  # the favicon and every script are there
+    glb = "model/gltf-binary"
     assert result["meshResponses"] == [
-        {"url": f"{server_url}/v1/generate", "status": 200, "contentType": "model/gltf-binary"}
+        {"url": f"{server_url}/v1/generate", "status": 200, "contentType": glb},
+        {"url": f"{server_url}/v1/generate", "status": 200, "contentType": glb},
+        {"url": f"{server_url}/v1/interpolate", "status": 200, "contentType": glb},
+        {"url": f"{server_url}/v1/interpolate", "status": 503, "contentType": "application/json"},
     ]
+    # The failed 0.75 request: the slider shows the blend on screen (0.25) again, and the error is shown.
+    blend = result["blend"]
+    assert blend["shown"] == "0.25", blend
+    assert blend["afterFailure"]["slider"] == "0.25" and blend["afterFailure"]["label"] == "0.25", blend
+    assert "test outage" in blend["afterFailure"]["status"], blend
     image = result["image"]
     assert image["width"] > 100 and image["height"] > 100
     # The mesh covers a good part of the view and is shaded (a blank canvas is one colour).
@@ -81,7 +103,7 @@ def test_viewer_generates_and_model_viewer_draws_the_mesh(server_url):
 
     # The bytes the browser showed (now cached) pass the Khronos validator.
     again = httpx.post(
-        f"{server_url}/v1/generate", json={"prompt": "a red cube", "resolution": 64}, timeout=60
+        f"{server_url}/v1/generate", json={"prompt": "a green cone", "resolution": 64}, timeout=60
     )
     assert again.headers["x-cache"] == "hit"
     assert_valid_glb(again.content)

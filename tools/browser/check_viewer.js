@@ -1,9 +1,15 @@
 // Drive the att3d viewer page in headless Chromium (software WebGL) and print what happened as JSON.
 // Usage: node tools/browser/check_viewer.js URL [PROMPT]
+//   1. open the page and wait, without touching it, for the mesh of its default prompt (no empty pane);
+//   2. generate PROMPT; measure the drawn image;
+//   3. move the blend slider to 0.25 (a real interpolation), then to 0.75 with the server's answer replaced
+//      by a 503: the slider must come back to the blend that is shown, and the error must be shown.
 //   CHROMIUM=/path/to/chromium overrides the browser (default: Debian's /usr/bin/chromium);
-//   SCREENSHOT=file.png saves a screenshot of the page at the end.
-// Output: {"loads", "viewerErrors", "consoleErrors", "externalRequests", "image": {"width", "height",
-//          "nonBackgroundFraction", "distinctColours"}, "meshResponses": [{"url", "status", "contentType"}]}
+//   SCREENSHOT=file.png saves a screenshot of the page at the end; FIRST_SCREENSHOT=file.png after step 1.
+// Output: {"loads", "firstLoad": {"loads", "prompt", "status"}, "viewerErrors", "consoleErrors",
+//          "externalRequests", "failedRequests", "image": {"width", "height", "nonBackgroundFraction",
+//          "distinctColours"}, "meshResponses": [{"url", "status", "contentType"}],
+//          "blend": {"shown", "afterFailure": {"slider", "label", "status", "isError"}}}
 "use strict";
 
 const { chromium } = require("playwright-core");
@@ -32,7 +38,15 @@ async function main() {
     headless: true,
     args: CHROMIUM_ARGS,
   });
-  const result = { loads: 0, viewerErrors: [], consoleErrors: [], externalRequests: [], meshResponses: [] };
+  const result = {
+    loads: 0,
+    viewerErrors: [],
+    consoleErrors: [],
+    externalRequests: [],
+    failedRequests: [],
+    meshResponses: [],
+  };
+  let failing = null; // the URL whose answer step 3 replaces with a 503 (its console error is expected)
   try {
     const page = await browser.newPage({ viewport: { width: 960, height: 640 } });
     // The page must be self-contained: anything outside the server is recorded and refused.
@@ -43,9 +57,15 @@ async function main() {
       return route.abort();
     });
     page.on("console", (message) => {
-      if (message.type() === "error") result.consoleErrors.push(message.text());
+      if (message.type() !== "error") return;
+      if (failing && (message.location().url || "") === failing) return;
+      result.consoleErrors.push(message.text());
     });
     page.on("response", (response) => {
+      // Anything else the page loads (scripts, favicon) must be there.
+      if (response.status() >= 400 && !response.url().includes("/v1/")) {
+        result.failedRequests.push(`${response.status()} ${response.url()}`);
+      }
       if (response.url().includes("/v1/")) {
         result.meshResponses.push({
           url: response.url(),
@@ -55,19 +75,26 @@ async function main() {
       }
     });
 
+    const loadsAtLeast = (n) =>
+      page.waitForFunction(
+        (k) => window.att3dViewer.loads >= k || window.att3dViewer.errors.length > 0,
+        n,
+        { timeout: 90000 },
+      );
     await page.goto(url, { waitUntil: "load" });
     await page.waitForFunction(() => customElements.get("model-viewer") !== undefined, null, { timeout: 30000 });
+    // 1. Nobody clicks: the page shows the mesh of its default prompt by itself.
+    await loadsAtLeast(1);
+    result.firstLoad = {
+      loads: await page.evaluate(() => window.att3dViewer.loads),
+      prompt: await page.inputValue("#prompt"),
+      status: await page.textContent("#status"),
+    };
+    if (process.env.FIRST_SCREENSHOT) await page.screenshot({ path: process.env.FIRST_SCREENSHOT });
+    // 2. Generate the given prompt.
     await page.fill("#prompt", prompt);
     await page.click("#generate");
-    await page.waitForFunction(
-      () => window.att3dViewer.loads > 0 || window.att3dViewer.errors.length > 0,
-      null,
-      { timeout: 90000 },
-    );
-    const state = await page.evaluate(() => window.att3dViewer);
-    result.loads = state.loads;
-    result.viewerErrors = state.errors;
-
+    await loadsAtLeast(2);
     // Let a few frames render, then read the viewer's own snapshot of its canvas.
     result.image = await page.evaluate(async () => {
       const viewer = document.getElementById("viewer");
@@ -101,6 +128,39 @@ async function main() {
         distinctColours: colours.size,
       };
     });
+
+    // 3. The blend slider: a shown blend, then a failed request that must not leave the slider elsewhere.
+    const slide = (value) =>
+      page.evaluate((v) => {
+        const alpha = document.getElementById("alpha");
+        alpha.value = v;
+        alpha.dispatchEvent(new Event("input"));
+        alpha.dispatchEvent(new Event("change"));
+      }, value);
+    await slide("0.25");
+    await loadsAtLeast(3);
+    await page.waitForFunction(() => !document.getElementById("status").textContent.startsWith("Generating"));
+    result.blend = { shown: await page.inputValue("#alpha") };
+    failing = `${origin}/v1/interpolate`;
+    await page.route(failing, (route) =>
+      route.fulfill({
+        status: 503,
+        contentType: "application/json",
+        headers: { "Retry-After": "5" },
+        body: JSON.stringify({ error: "not_ready", message: "not ready: test outage", fields: [] }),
+      }),
+    );
+    await slide("0.75");
+    await page.waitForFunction(() => document.getElementById("status").classList.contains("error"), null, {
+      timeout: 30000,
+    });
+    result.blend.afterFailure = {
+      slider: await page.inputValue("#alpha"),
+      label: await page.textContent("#alpha-value"),
+      status: await page.textContent("#status"),
+      isError: true,
+    };
+    result.loads = await page.evaluate(() => window.att3dViewer.loads);
     if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT });
   } finally {
     await browser.close();
