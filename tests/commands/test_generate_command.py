@@ -98,3 +98,25 @@ def test_read_only_folder_is_one_error_line_exit_2(tiny_checkpoint, tmp_path) ->
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "Permission denied" in result.output
     assert list(out_dir.iterdir()) == []
+
+
+def test_read_only_file_system_is_one_error_line_exit_2(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """The read-only case where chmod cannot make it (root): creating a file there is refused."""
+    import errno
+    import os
+    import tempfile
+
+    out_dir = tmp_path / "ro"
+    out_dir.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(out_dir)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = run("generate", "a red cube", "-o", str(out_dir / "x.glb"), "-c", str(tiny_checkpoint))
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: cannot write {out_dir / 'x.glb'}: Read-only file system\n"
+    assert list(out_dir.iterdir()) == []
