@@ -82,8 +82,19 @@ def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConf
 
 
 def write_mesh_file(mesh, path: Path) -> None:
-    """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders."""
+    """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders.
+
+    An OBJ is up to three files, each atomic; if a later one fails (a full disk), the earlier new ones
+    are removed so no material or texture is left without its OBJ.
+    """
     from att3d.meshing.export import write_mesh
 
+    siblings = [path.with_suffix(ext) for ext in (".mtl", ".png")] if path.suffix.lower() == ".obj" else []
+    new = [p for p in siblings if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_mesh(mesh, path)
+    try:
+        write_mesh(mesh, path)
+    except OSError:
+        for leftover in new:
+            leftover.unlink(missing_ok=True)
+        raise

@@ -120,3 +120,25 @@ def test_read_only_file_system_is_one_error_line_exit_2(tiny_checkpoint, tmp_pat
     assert result.exit_code == 2, result.output
     assert result.output == f"error: cannot write {out_dir / 'x.glb'}: Read-only file system\n"
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_full_disk_during_an_obj_leaves_no_material_behind(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from att3d import atomic
+
+    out_dir = tmp_path / "full"
+    real_fsync = atomic.fsync_file
+
+    def fsync_file(path):  # the disk fills up on the last file: the OBJ itself
+        if str(path).endswith(".tmp") and ".x.obj." in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(atomic, "fsync_file", fsync_file)
+    args = ["a red cube", "-o", str(out_dir / "x.obj"), "-c", str(tiny_checkpoint), "--texture", "uv"]
+    result = run("generate", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: cannot write {out_dir / 'x.obj'}: No space left on device\n"
+    assert list(out_dir.iterdir()) == []
