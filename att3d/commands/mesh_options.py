@@ -81,6 +81,13 @@ def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConf
     return dataclasses.replace(generator.config.mesh, **changes)
 
 
+def mesh_files(path: Path) -> list[Path]:
+    """The files writing a mesh to ``path`` may create: ``path``, and for an OBJ its material and texture."""
+    if path.suffix.lower() != ".obj":
+        return [path]
+    return [path, path.with_suffix(".mtl"), path.with_suffix(".png")]
+
+
 def write_mesh_file(mesh, path: Path) -> None:
     """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders.
 
@@ -89,8 +96,7 @@ def write_mesh_file(mesh, path: Path) -> None:
     """
     from att3d.meshing.export import write_mesh
 
-    siblings = [path.with_suffix(ext) for ext in (".mtl", ".png")] if path.suffix.lower() == ".obj" else []
-    new = [p for p in siblings if not p.exists()]
+    new = [p for p in mesh_files(path)[1:] if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         write_mesh(mesh, path)
