@@ -167,7 +167,8 @@ class Generator:
             "model_hash": self.model_hash,
             "text_encoder": self.encoder.id,
             "num_prompts": len(self.prompts),
-            "training_steps": int(self.metadata.get("step", 0)),
+            # metadata is free-form JSON (not covered by a checksum): a step that is no integer counts as 0
+            "training_steps": step if isinstance(step := self.metadata.get("step"), int) else 0,
             "parameters": sum(p.numel() for p in self.field.parameters()),
             "config": to_dict(self.config),
         }

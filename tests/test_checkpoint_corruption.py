@@ -245,3 +245,10 @@ def test_the_bundled_model_loads_unchanged() -> None:
 
     assert "config_sha256" not in manifest_of(DEFAULT_MODEL_DIR)  # written before the checksum
     assert Generator.from_checkpoint(DEFAULT_MODEL_DIR).prompts
+
+
+def test_free_form_metadata_never_breaks_the_model_summary(tiny_checkpoint, tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    edit_manifest("metadata", {"step": "many", "name": ["x"]})(ckpt)
+    assert Generator.from_checkpoint(ckpt).info()["training_steps"] == 0
