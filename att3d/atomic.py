@@ -8,6 +8,7 @@ rename survives a crash. A failure at any point removes the temporary file and l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -44,20 +45,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Create ``path`` through ``write(temporary_path)``, then fsync and rename it into place.
 
     ``write`` receives a path in the same folder (which is created if missing) and must write the whole
-    file there; whatever it raises propagates after the temporary file is removed.
+    file there; whatever it raises propagates after the temporary file is removed. An ``OSError`` (full
+    disk, read-only or forbidden folder) comes back as the same kind of ``OSError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         fsync_file(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            # Name the target, not the temporary file (same errno, so the same OSError subclass).
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
         raise
     fsync_dir(path.parent)
     return path

@@ -4,12 +4,14 @@ A checkpoint is a directory::
 
     model.safetensors   the generator's tensors
     manifest.json       {"format": "att3d-checkpoint", "format_version": 1, "config": {...},
-                         "text_encoder": "<id>", "prompts": [...], "weights_sha256": "<hex>",
-                         "created": "<ISO-8601 UTC>", "metadata": {...}}
+                         "config_sha256": "<hex>", "text_encoder": "<id>", "prompts": [...],
+                         "weights_sha256": "<hex>", "created": "<ISO-8601 UTC>", "metadata": {...}}
 
 Loading never unpickles anything: weights are read with ``safetensors.torch.load_file`` only, after the
-file's sha256 has been checked against the manifest. Every problem raises :class:`CheckpointError` with a
-one-line message naming the path and what is wrong.
+file's sha256 has been checked against the manifest. ``config_sha256`` (:func:`config_digest`) covers the
+config, which decides what model is built; manifests written before it existed lack it and stay readable
+(``att3d.generate`` checks every config against the weights' shapes anyway). Every problem raises
+:class:`CheckpointError` with a one-line message naming the path and what is wrong.
 
 How a save stays atomic
 -----------------------
@@ -74,6 +76,12 @@ _REQUIRED: dict[str, type] = {
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be saved or loaded; the message names the path and the problem."""
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of ``config`` as canonical JSON (sorted keys, no spaces): the manifest's ``config_sha256``."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -208,6 +216,7 @@ def save_checkpoint(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": config,
+            "config_sha256": "",  # below, where an unserializable config is reported
             "text_encoder": text_encoder,
             "prompts": list(prompts),
             "weights_sha256": _sha256(weights),  # hash what is on disk, not what we meant to write
@@ -215,6 +224,7 @@ def save_checkpoint(
             "metadata": metadata,
         }
         try:
+            manifest["config_sha256"] = config_digest(config)
             text = json.dumps(manifest, indent=2, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{target}: config or metadata is not JSON-serializable ({err})") from None
@@ -278,12 +288,19 @@ def _resolve_dir(path: str | Path) -> Path:
 
 
 def _verify_manifest(directory: Path, check_weights: bool) -> dict[str, Any]:
+    try:
+        return _verify_manifest_files(directory, check_weights)
+    except OSError as err:  # unreadable files (permissions, I/O errors) are a bad checkpoint too
+        raise CheckpointError(f"{directory}: cannot read checkpoint ({_one_line(err)})") from None
+
+
+def _verify_manifest_files(directory: Path, check_weights: bool) -> dict[str, Any]:
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
         raise CheckpointError(f"{directory}: {MANIFEST_FILE} is missing")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: [[[[...]]]]
         raise CheckpointError(f"{manifest_path}: manifest is not valid JSON ({_one_line(err)})") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{manifest_path}: manifest is not a JSON object ({type(manifest).__name__})")
@@ -307,6 +324,7 @@ def _verify_manifest(directory: Path, check_weights: bool) -> dict[str, Any]:
         raise CheckpointError(f"{manifest_path}: 'prompts' must be a list of strings")
     if not re.fullmatch(r"[0-9a-f]{64}", manifest["weights_sha256"]):
         raise CheckpointError(f"{manifest_path}: 'weights_sha256' is not a sha256 hex digest")
+    _verify_config_digest(manifest, manifest_path)
 
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -320,6 +338,23 @@ def _verify_manifest(directory: Path, check_weights: bool) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{weights}: not a valid safetensors file ({_one_line(err)})") from None
     return manifest
+
+
+def _verify_config_digest(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """``config_sha256``, where present (manifests before it lack it), must match the config."""
+    if "config_sha256" not in manifest:
+        return
+    expected = manifest["config_sha256"]
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise CheckpointError(f"{manifest_path}: 'config_sha256' is not a sha256 hex digest")
+    try:
+        actual = config_digest(manifest["config"])
+    except (TypeError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{manifest_path}: 'config' cannot be hashed ({_one_line(err)})") from None
+    if actual != expected:
+        raise CheckpointError(
+            f"{manifest_path}: checksum mismatch: 'config' was modified (config_sha256 does not match)"
+        )
 
 
 def read_manifest(path: str | Path, check_weights: bool = True) -> dict[str, Any]:
@@ -338,7 +373,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     weights = directory / WEIGHTS_FILE
     try:
         tensors = load_file(weights)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as err:
         raise CheckpointError(f"{weights}: not a valid safetensors file ({_one_line(err)})") from None
     return Checkpoint(
         tensors=tensors,

@@ -20,7 +20,7 @@ import trimesh
 from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from att3d.config import MeshConfig, ModelConfig, from_dict, to_dict
+from att3d.config import ConfigError, MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.field import AmortizedField, PromptField
 from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
@@ -54,20 +54,22 @@ class Generator:
     def from_checkpoint(cls, path: str | Path, name: str | None = None, device: str = "cpu") -> Generator:
         """Load and verify a checkpoint directory (see ``att3d.checkpoint``)."""
         ckpt = load_checkpoint(path)
-        config = from_dict(ModelConfig, ckpt.config)
-        encoder = get_text_encoder(config.text.encoder)
+        try:
+            config = from_dict(ModelConfig, ckpt.config)
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: manifest 'config' is invalid: {err}") from None
+        check_weights_fit(config, ckpt.tensors, path)  # before anything is allocated
+        try:
+            encoder = get_text_encoder(config.text.encoder)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: manifest 'config': {err}") from None
         if encoder.id != ckpt.text_encoder:
             raise CheckpointError(
                 f"{path}: trained with text encoder {ckpt.text_encoder!r} but config.text.encoder "
                 f"{config.text.encoder!r} gives {encoder.id!r}"
             )
         model = AmortizedField(config.field)
-        missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not match the config "
-                f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})"
-            )
+        model.load_state_dict(ckpt.tensors)  # names, shapes and dtypes were checked above
         model.eval().to(device)
         return cls(
             field=model,
@@ -165,10 +167,39 @@ class Generator:
             "model_hash": self.model_hash,
             "text_encoder": self.encoder.id,
             "num_prompts": len(self.prompts),
-            "training_steps": int(self.metadata.get("step", 0)),
+            # metadata is free-form JSON (not covered by a checksum): a step that is no integer counts as 0
+            "training_steps": step if isinstance(step := self.metadata.get("step"), int) else 0,
             "parameters": sum(p.numel() for p in self.field.parameters()),
             "config": to_dict(self.config),
         }
+
+
+def check_weights_fit(config: ModelConfig, tensors: dict[str, Tensor], path: str | Path) -> None:
+    """The weights hold exactly the tensors (names, shapes, dtypes) the config's field has.
+
+    The field is built on the meta device (no memory), so a config that does not describe these weights
+    (an edited ``hidden_dim``, a huge ``num_bases``) is reported before any real model is allocated.
+    """
+    try:
+        with torch.device("meta"):
+            expected = AmortizedField(config.field).state_dict()
+    except Exception as err:  # e.g. levels=0 passes the bounds but builds no field
+        raise CheckpointError(
+            f"{path}: manifest 'config' describes no valid field ({type(err).__name__}: {err})"
+        ) from None
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: weights do not match the config (missing: {missing[:3]}, unexpected: {extra[:3]})"
+        )
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise CheckpointError(
+                f"{path}: weights do not match the config: '{name}' is {list(got.shape)} {got.dtype}, "
+                f"the config gives {list(want.shape)} {want.dtype}"
+            )
 
 
 def interpolation_weights(num_prompts: int, frames: int) -> list[list[float]]:

@@ -41,3 +41,35 @@ def test_json_is_indented_and_refuses_nan(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         write_json_atomic(target, {"a": float("nan")})
     assert json.loads(target.read_text()) == {"a": [1, 2]}
+
+
+def test_a_full_disk_is_an_oserror_naming_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / "out.bin"
+    write_bytes_atomic(target, b"old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match=f"cannot write {target}: No space left") as info:
+        write_bytes_atomic(target, b"new")
+    assert info.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_read_only_folder_is_a_permission_error_naming_the_target(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=r"cannot write .*out\.bin: Read-only file system"):
+        write_bytes_atomic(tmp_path / "out.bin", b"x")
+    assert list(tmp_path.iterdir()) == []

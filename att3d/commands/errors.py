@@ -17,10 +17,16 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected failures (bad input, unreadable files, empty fields) into one line and exit 2."""
+    """Turn expected failures (bad input, unreadable or unwritable files, empty fields) into one line and
+    exit 2."""
     try:
         yield
-    except (UserError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (UserError, ValueError, OSError) as err:
+        # OSError: missing or unreadable input, and an output the system refuses (full disk, read-only
+        # folder); the atomic writers leave nothing half-written behind.
+        text = str(err).strip()
+        if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
+            text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+        message = text.splitlines()[0] if text else type(err).__name__
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(code=2) from None

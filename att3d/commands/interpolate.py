@@ -15,6 +15,7 @@ from att3d.commands.mesh_options import (
     check_mesh_options,
     load_generator,
     mesh_config,
+    mesh_files,
     write_mesh_file,
 )
 
@@ -53,6 +54,13 @@ def interpolate(
             if alpha is not None
             else [output.with_name(f"{output.stem}_{i:03d}{output.suffix}") for i in range(len(meshes))]
         )
+        new = [file for path in paths for file in mesh_files(path) if not file.exists()]
+        try:
+            for mesh, path in zip(meshes, paths, strict=True):
+                write_mesh_file(mesh, path)
+        except OSError:  # a full disk part-way: no partial sequence either (files already there stay)
+            for file in new:
+                file.unlink(missing_ok=True)
+            raise
         for mesh, path in zip(meshes, paths, strict=True):
-            write_mesh_file(mesh, path)
             typer.echo(f"wrote {path} ({len(mesh.vertices)} vertices)")

@@ -81,9 +81,26 @@ def mesh_config(generator, resolution: int | None, texture: str):  # -> MeshConf
     return dataclasses.replace(generator.config.mesh, **changes)
 
 
+def mesh_files(path: Path) -> list[Path]:
+    """The files writing a mesh to ``path`` may create: ``path``, and for an OBJ its material and texture."""
+    if path.suffix.lower() != ".obj":
+        return [path]
+    return [path, path.with_suffix(".mtl"), path.with_suffix(".png")]
+
+
 def write_mesh_file(mesh, path: Path) -> None:
-    """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders."""
+    """Write ``mesh`` to ``path`` (format from the extension), creating the parent folders.
+
+    An OBJ is up to three files, each atomic; if a later one fails (a full disk), the earlier new ones
+    are removed so no material or texture is left without its OBJ.
+    """
     from att3d.meshing.export import write_mesh
 
+    new = [p for p in mesh_files(path)[1:] if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_mesh(mesh, path)
+    try:
+        write_mesh(mesh, path)
+    except OSError:
+        for leftover in new:
+            leftover.unlink(missing_ok=True)
+        raise

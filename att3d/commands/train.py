@@ -3,7 +3,8 @@
 Runs the same on one process (``python -m att3d train configs/shapes_amortized.yaml``) and under
 ``torchrun --nproc_per_node=N -m att3d train ...``; only rank 0 prints and writes.
 
-Exit codes: 0 done, 1 training failed (e.g. the loss diverged), 2 bad config or arguments, 128 + signal
+Exit codes: 0 done, 1 training failed (e.g. the loss diverged), 2 bad config or arguments (a run folder
+another trainer holds, one that cannot be written), 128 + signal
 number after SIGINT/SIGTERM (a checkpoint is saved first; ``--resume`` continues from it).
 """
 
@@ -40,6 +41,7 @@ def train(
     import att3d.training.loop as training
     from att3d.checkpoint import CheckpointError
     from att3d.config import ConfigError, TrainConfig, load_config
+    from att3d.training.run_folder import RunFolderBusy
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
@@ -52,8 +54,10 @@ def train(
     run_dir = out if out is not None else Path("runs") / config.stem
     try:
         result = training.train(train_config, run_dir, resume=resume)
-    except ConfigError as err:
+    except (ConfigError, RunFolderBusy) as err:
         _fail(f"error: {err}", EXIT_BAD_CONFIG)
+    except OSError as err:  # the run folder cannot be made or written (read-only, full disk)
+        _fail(f"error: {run_dir}: {err.strerror or err}", EXIT_BAD_CONFIG)
     except (training.TrainingError, CheckpointError) as err:
         _fail(f"error: {err}", EXIT_FAILED)
     if rank == 0:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 import importlib.util
 import json
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -123,7 +126,10 @@ class TensorBoardLog:
 
 
 def progress_bar(run: TrainRun) -> TrainingCallback:
-    """A terminal progress bar showing the loss (tqdm hides it when stderr is not a terminal)."""
+    """A terminal progress bar showing the loss; where stderr is no terminal (a log file, a pipe, a job),
+    where tqdm would show nothing, plain lines instead (:func:`progress_lines`)."""
+    if not sys.stderr.isatty():
+        return progress_lines(run, sys.stderr)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=run.config.steps, initial=run.step, unit="step", dynamic_ncols=True, disable=None)
@@ -133,6 +139,32 @@ def progress_bar(run: TrainRun) -> TrainingCallback:
         bar.set_postfix(loss=f"{scalars['loss/total']:.4g}", refresh=False)
 
     return TrainingCallback(update, close=bar.close)
+
+
+def progress_lines(run: TrainRun, stream: TextIO) -> TrainingCallback:
+    """``step 40/2000  loss 0.1234  3.2 steps/s  12.8 frames/s  ETA 10m10s`` every ``log_every`` steps
+    (1/20 of the run when 0), rates averaged since the run (re)started."""
+    config = run.config
+    frames = config.prompts_per_step * config.views_per_prompt * run.dist.world_size  # rendered per step
+    first, started = run.step, time.perf_counter()
+
+    def report(step: int, scalars: dict[str, float]) -> None:
+        rate = (step - first) / max(time.perf_counter() - started, 1e-9)
+        eta = _duration((config.steps - step) / rate) if rate > 0 else "?"
+        print(
+            f"step {step}/{config.steps}  loss {scalars['loss/total']:.4g}  {rate:.3g} steps/s  "
+            f"{rate * frames:.3g} frames/s  ETA {eta}",
+            file=stream,
+            flush=True,
+        )
+
+    return TrainingCallback(report, config.log_every or max(1, config.steps // 20))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def preview_path(run: TrainRun, step: int) -> Path:

@@ -40,7 +40,7 @@ from att3d.training.callbacks import (
 )
 from att3d.training.distributed import DistInfo, any_rank, init_distributed, reduce_scalars, wrap_ddp
 from att3d.training.errors import TrainingDiverged, TrainingError
-from att3d.training.run_folder import latest_checkpoint
+from att3d.training.run_folder import latest_checkpoint, lock_run_folder
 from att3d.training.setup import setup_run
 from att3d.training.state import load_training_checkpoint
 from att3d.training.step import forward_backward
@@ -113,12 +113,29 @@ def train(
     out_dir = Path(out_dir)
     info = init_distributed(config.device)
     try:
-        return _train(
-            config, out_dir, info, resume, prior, text_encoder, evaluator, progress_callback, cancel
-        )
+        with _hold_run_folder(out_dir, info):
+            return _train(
+                config, out_dir, info, resume, prior, text_encoder, evaluator, progress_callback, cancel
+            )
     finally:
         if info.owns_group:
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _hold_run_folder(out_dir: Path, info: DistInfo) -> Iterator[None]:
+    """Rank 0 locks the run folder for the run's life (the other ranks share it by design); if it cannot,
+    every rank stops together rather than waiting in a collective for rank 0."""
+    with contextlib.ExitStack() as stack:
+        failure: Exception | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(lock_run_folder(out_dir))
+            except (TrainingError, OSError) as err:
+                failure = err
+        if any_rank(info, failure is not None):
+            raise failure or TrainingError(f"rank 0 could not lock the run folder {out_dir}")
+        yield
 
 
 def _train(

@@ -40,3 +40,17 @@ def test_callbacks_run_at_their_steps_in_list_order_and_after_training_once():
         ("closed", -1),
     ]
     assert due(4, 2) and not due(3, 2) and not due(0, 0)
+
+
+def test_progress_is_plain_lines_at_log_every_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    import re
+    import sys
+
+    from training_toys import run_train, tiny_config
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    result = run_train(tiny_config("steps=4", "progress_bar=true", "log_every=2"), tmp_path)
+    assert result.status == "completed"
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    pattern = r"step (\d)/4  loss [\d.e+-]+  [\d.e+-]+ steps/s  [\d.e+-]+ frames/s  ETA \d+m\d\ds"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["2", "4"], lines

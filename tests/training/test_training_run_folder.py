@@ -47,3 +47,48 @@ def test_run_folder_imports_no_torch():
     code = "import sys, att3d.training.run_folder; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_folder_has_one_trainer_and_a_killed_one_does_not_block(tmp_path):
+    import os
+    import signal
+
+    import pytest
+
+    from att3d.training.run_folder import RunFolderBusy, lock_run_folder
+
+    code = (
+        "import sys, time\n"
+        "from att3d.training.run_folder import lock_run_folder\n"
+        "with lock_run_folder(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = f"run folder {tmp_path} is in use .*pid {holder.pid}"
+        with pytest.raises(RunFolderBusy, match=busy), lock_run_folder(tmp_path):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # a crash: the kernel drops the lock
+        holder.wait()
+    with lock_run_folder(tmp_path) as lock:
+        assert lock.read_text() == f"{os.getpid()}\n"
+    with lock_run_folder(tmp_path):  # released when the block ends
+        pass
+
+
+def test_a_second_trainer_on_a_locked_folder_fails_at_once_and_writes_nothing(tmp_path):
+    import os
+
+    import pytest
+    from training_toys import run_train, tiny_config
+
+    from att3d.training.run_folder import RunFolderBusy, lock_run_folder
+
+    # The first trainer: this process, through another open file of the lock.
+    with lock_run_folder(tmp_path), pytest.raises(RunFolderBusy, match=f"pid {os.getpid()}"):
+        run_train(tiny_config("steps=1"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    assert run_train(tiny_config("steps=1"), tmp_path).status == "completed"  # free again
