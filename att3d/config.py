@@ -44,13 +44,13 @@ T = TypeVar("T")
 class EncodingConfig:
     """Multiresolution hash encoding (Instant-NGP)."""
 
-    levels: Annotated[StrictInt, Field(le=32)] = 8
+    levels: Annotated[StrictInt, Field(ge=1, le=32)] = 8
     """Number of resolution levels."""
-    features_per_level: Annotated[StrictInt, Field(le=8)] = 2
+    features_per_level: Annotated[StrictInt, Field(ge=1, le=8)] = 2
     """Features stored per table entry and level."""
-    log2_table_size: Annotated[StrictInt, Field(le=24)] = 14
+    log2_table_size: Annotated[StrictInt, Field(ge=1, le=24)] = 14
     """log2 of the entries per level; coarse levels whose dense grid fits use direct indexing."""
-    base_resolution: Annotated[StrictInt, Field(le=4096)] = 16
+    base_resolution: Annotated[StrictInt, Field(ge=1, le=4096)] = 16
     """Grid resolution of the coarsest level."""
     growth_factor: Number = 1.447
     """Resolution ratio between consecutive levels."""
@@ -66,15 +66,15 @@ class FieldConfig:
 
     encoding: EncodingConfig = dataclasses.field(default_factory=EncodingConfig)
     """Hash-grid layout shared by all basis grids."""
-    text_dim: Annotated[StrictInt, Field(le=8192)] = 384
+    text_dim: Annotated[StrictInt, Field(ge=1, le=8192)] = 384
     """Dimension of the text embedding fed to the mapping network."""
-    num_bases: Annotated[StrictInt, Field(le=1024)] = 16
+    num_bases: Annotated[StrictInt, Field(ge=1, le=1024)] = 16
     """K: hidden width of the mapping network = number of basis grids mixed per prompt."""
     mixing_gain: Number = 1.0
     """Lipschitz bound of the output layer per grid entry: a unit ``v(c)`` gives entries of RMS <= this."""
-    hidden_dim: Annotated[StrictInt, Field(le=1024)] = 64
+    hidden_dim: Annotated[StrictInt, Field(ge=1, le=1024)] = 64
     """Width of the MLP head."""
-    hidden_layers: Annotated[StrictInt, Field(le=16)] = 2
+    hidden_layers: Annotated[StrictInt, Field(ge=0, le=16)] = 2
     """Hidden layers of the MLP head."""
     density_activation: Literal["trunc_exp", "softplus"] = "trunc_exp"
     """``trunc_exp`` or ``softplus``."""
@@ -115,9 +115,9 @@ class CameraSamplingConfig:
 class RenderConfig:
     """Volume rendering of a field."""
 
-    image_size: Annotated[StrictInt, Field(le=1024)] = 32
+    image_size: Annotated[StrictInt, Field(ge=1, le=1024)] = 32
     """Rendered image side in pixels."""
-    samples_per_ray: Annotated[StrictInt, Field(le=1024)] = 48
+    samples_per_ray: Annotated[StrictInt, Field(ge=1, le=1024)] = 48
     """Stratified samples per ray inside the scene box."""
     ambient: Number = 0.3
     """Ambient term of diffuse shading: ``albedo * (ambient + (1 - ambient) * max(n·l, 0))``."""

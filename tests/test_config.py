@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pydantic
@@ -182,9 +183,9 @@ def test_overrides_from_a_mapping_keep_their_values() -> None:
     ("override", "message"),
     [
         ("steps=9223372036854775808", r"steps: must be in \[1, 10000000\]"),
-        ("model.field.num_bases=1000000000", r"model\.field\.num_bases: must be <= 1024"),
-        ("model.field.encoding.log2_table_size=40", r"log2_table_size: must be <= 24"),
-        ("model.render.image_size=1000000", r"model\.render\.image_size: must be <= 1024"),
+        ("model.field.num_bases=1000000000", r"model\.field\.num_bases: must be in \[1, 1024\]"),
+        ("model.field.encoding.log2_table_size=40", r"log2_table_size: must be in \[1, 24\]"),
+        ("model.render.image_size=1000000", r"model\.render\.image_size: must be in \[1, 1024\]"),
         ("prompts_per_step=1000000", r"prompts_per_step: must be in \[1, 4096\]"),
         ("model.mesh.resolution=100000", r"model\.mesh\.resolution: must be in \[2, 1024\]"),
         ("model.text.encoder=../../etc", r"model\.text\.encoder: must be an encoder name .*no paths"),
@@ -193,4 +194,19 @@ def test_overrides_from_a_mapping_keep_their_values() -> None:
 def test_resource_bounds(override, message):
     # Sizes that would allocate petabytes or run for centuries are refused where they are declared.
     with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, overrides=[override])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.field.encoding.levels=0",
+        "model.field.text_dim=-1",
+        "model.field.num_bases=0",
+        "model.render.image_size=0",
+    ],
+)
+def test_sizes_must_be_positive(override):
+    key = re.escape(override.split("=")[0])
+    with pytest.raises(ConfigError, match=key + r": must be in \[1, "):
         load_config(TrainConfig, overrides=[override])
