@@ -133,11 +133,15 @@ class JobStore:
     def problem(self) -> str | None:
         """Why the store cannot be used now (``None``: it can): a cheap check for probes and the scheduler."""
         try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                return JobStoreUnavailable(self.path, "the file is empty").reason
             with self._connect() as db:
                 for table, columns in _REQUIRED.items():
                     db.execute(f"SELECT {columns} FROM {table} LIMIT 0")
         except JobStoreUnavailable as err:
             return err.reason
+        except OSError as err:  # the file vanished between the two checks
+            return JobStoreUnavailable(self.path, _describe(err)).reason
         return None
 
     def damage(self) -> str | None:

@@ -73,7 +73,7 @@ def _assert_unavailable(response) -> None:
     assert int(response.headers["Retry-After"]) > 0
 
 
-@pytest.mark.parametrize("fault", ["deleted", "garbage", "emptied"])
+@pytest.mark.parametrize("fault", ["deleted", "garbage", "emptied", "truncated"])
 def test_a_broken_store_answers_503_not_ready_and_recovers(tmp_path, fault, caplog):
     caplog.set_level(logging.INFO)
     settings = settings_for(tmp_path, warmup=False, max_running_jobs=0)  # jobs stay queued: no processes
