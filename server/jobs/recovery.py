@@ -5,7 +5,8 @@ A job process writes ``runs/<id>/job.json`` (the request, config and step count)
 job even when the store cannot. :func:`open_store` is how the server opens its store: a file that is not a
 usable store (garbage, empty, truncated, another schema) is moved aside to ``jobs.sqlite.corrupt-<time>``,
 a fresh one is started, and jobs are re-created from run folders that have no row (from ``job.json``, or
-the trainer's ``config.yaml`` for folders without one), all reported in one log line.
+the trainer's ``config.yaml`` for folders without one), all reported in one log line. :class:`FaultLog` is
+how the scheduler and job processes report a store that fails: once per kind, and once when it is back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import yaml
 
 from att3d.atomic import atomic_write
 from att3d.training.run_folder import latest_checkpoint
-from server.jobs.store import FINAL_STATES, JobStore, JobStoreUnavailable
+from server.jobs.store import FINAL_STATES, JobStore, JobStoreUnavailable, describe
 
 logger = logging.getLogger("server.jobs.scheduler")  # the scheduler's log: one place for store events
 
@@ -30,6 +32,31 @@ JOB_RECORD = "job.json"
 RESULT_RECORD = "result.json"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _ENDINGS = (*FINAL_STATES, "interrupted")
+
+
+class FaultLog:
+    """Logs each kind of store fault once (not at every step or tick) and when the store works again."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.seen: set[str] = set()
+        self._lock = threading.Lock()  # a job process reports from its training and its watcher thread
+
+    def failed(self, err: Exception) -> None:
+        kind = getattr(err, "reason", None) or describe(err)
+        with self._lock:
+            new = kind not in self.seen
+            self.seen.add(kind)
+        if new:
+            self.logger.warning("%s failed (%s); carrying on, logged once", self.what, kind)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            recovered = bool(self.seen)
+            self.seen.clear()
+        if recovered:
+            self.logger.info("%s works again: the job store is usable again", self.what)
 
 
 def write_job_record(run_dir: Path, row: dict[str, Any]) -> None:

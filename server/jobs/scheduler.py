@@ -23,9 +23,9 @@ from att3d.config import to_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.errors import ServiceError
 from server.jobs.processes import process_alive, process_start_time
-from server.jobs.recovery import clear_result, open_store, read_result
+from server.jobs.recovery import FaultLog, clear_result, open_store, read_result
 from server.jobs.requests import build_train_config, request_digest
-from server.jobs.store import FaultLog, JobStoreUnavailable
+from server.jobs.store import JobStoreUnavailable
 from server.schemas import JobRequest
 from server.settings import ServerSettings
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,7 +104,7 @@ class JobStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise JobStoreUnavailable(self.path, _describe(err)) from err
+            raise JobStoreUnavailable(self.path, describe(err)) from err
         with self._connect(create=True) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -118,7 +116,7 @@ class JobStore:
         try:
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, timeout=30.0)
         except (sqlite3.Error, OSError) as err:
-            detail = "the file is missing" if not self.path.exists() else _describe(err)
+            detail = "the file is missing" if not self.path.exists() else describe(err)
             raise JobStoreUnavailable(self.path, detail) from err
         db.isolation_level = None
         db.row_factory = sqlite3.Row
@@ -126,7 +124,7 @@ class JobStore:
             db.execute("PRAGMA synchronous=FULL")  # a finished job must survive a power cut, not just a crash
             yield db
         except (sqlite3.DatabaseError, OSError) as err:
-            raise JobStoreUnavailable(self.path, _describe(err)) from err
+            raise JobStoreUnavailable(self.path, describe(err)) from err
         finally:
             db.close()
 
@@ -141,7 +139,7 @@ class JobStore:
         except JobStoreUnavailable as err:
             return err.reason
         except OSError as err:  # the file vanished between the two checks
-            return JobStoreUnavailable(self.path, _describe(err)).reason
+            return JobStoreUnavailable(self.path, describe(err)).reason
         return None
 
     def damage(self) -> str | None:
@@ -361,32 +359,8 @@ class JobStore:
             return cursor.rowcount == 1
 
 
-class FaultLog:
-    """Logs each kind of store fault once (not at every step or tick) and when the store works again."""
-
-    def __init__(self, logger: logging.Logger, what: str) -> None:
-        self.logger = logger
-        self.what = what
-        self.seen: set[str] = set()
-        self._lock = threading.Lock()  # a job process reports from its training and its watcher thread
-
-    def failed(self, err: Exception) -> None:
-        kind = getattr(err, "reason", None) or _describe(err)
-        with self._lock:
-            new = kind not in self.seen
-            self.seen.add(kind)
-        if new:
-            self.logger.warning("%s failed (%s); carrying on, logged once", self.what, kind)
-
-    def succeeded(self) -> None:
-        with self._lock:
-            recovered = bool(self.seen)
-            self.seen.clear()
-        if recovered:
-            self.logger.info("%s works again: the job store is usable again", self.what)
-
-
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
     return " ".join(str(err).split()) or type(err).__name__
 
 

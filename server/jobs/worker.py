@@ -29,8 +29,8 @@ from typing import Any, Protocol
 from att3d.config import TrainConfig, from_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.jobs.processes import process_start_time
-from server.jobs.recovery import clear_result, write_job_record, write_result
-from server.jobs.store import FaultLog, JobStore, JobStoreUnavailable
+from server.jobs.recovery import FaultLog, clear_result, write_job_record, write_result
+from server.jobs.store import JobStore, JobStoreUnavailable
 
 logger = logging.getLogger("server.jobs.worker")
 
@@ -230,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", default="att3d.training.loop:train", help="module:function that trains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = run_job(JobStore(args.db, create=False), args.job, args.runner)
+    try:
+        state = run_job(JobStore(args.db, create=False), args.job, args.runner)
+    except JobStoreUnavailable as err:  # before training started: the server reaps and records it
+        logger.error("job %s cannot start: %s", args.job, err.reason)
+        return 1
     return 0 if state in ("succeeded", "canceled", "interrupted") else 1
 
 
