@@ -113,8 +113,11 @@ def test_a_broken_store_answers_503_not_ready_and_recovers(tmp_path, fault, capl
             time.sleep(0.05)
 
 
-def test_a_running_job_survives_its_store_being_overwritten(tmp_path):
-    """The job process keeps training while its progress writes fail, and the job ends succeeded."""
+@pytest.mark.parametrize("restored", ["mid_run", "after_exit"])
+def test_a_running_job_survives_its_store_being_overwritten(tmp_path, restored):
+    """The job process keeps training while its progress writes fail, and the job ends succeeded: recorded
+    by the job process itself (store back mid-run) or by the scheduler from the run folder (back after the
+    process has exited, unreaped until then)."""
     with pytest.MonkeyPatch.context() as patch, isolated_environment(tmp_path):
         patch.setenv(STEP_SECONDS_ENV, "0.05")
         settings = settings_for(tmp_path, warmup=False)
@@ -126,6 +129,11 @@ def test_a_running_job_survives_its_store_being_overwritten(tmp_path):
             _break(db, "garbage")
             assert "job store" in client.get("/readyz").json()["reason"]
             time.sleep(1.0)  # ~20 steps whose progress cannot be written
+            if restored == "after_exit":
+                proc = client.app.state.jobs._procs[job["id"]]
+                assert proc.wait(60) == 0
+                time.sleep(0.5)  # scheduler ticks that cannot record it
+                assert job["id"] in client.app.state.jobs._procs
             _restore(db, backup)
             final = wait_for_job(client, job["id"], lambda s: s["state"] != "running", timeout_s=60)
     assert final["state"] == "succeeded" and final["step"] == 60 and final["checkpoint_available"], final
