@@ -56,3 +56,8 @@ class Metrics:
         )
         self.ready = Gauge("att3d_ready", "1 when the models are loaded and warmed up.", registry=r)
         self.jobs = Gauge("att3d_jobs", "Training jobs by state.", ["state"], registry=r)
+        self.job_store_up = Gauge(
+            "att3d_job_store_up",
+            "1 when the jobs database is usable (att3d_jobs is absent at 0).",
+            registry=r,
+        )

@@ -86,6 +86,10 @@ def tiny_generator(seed: int = 0, prompts: list[str] | None = None):  # -> Gener
 
 STEP_SECONDS_ENV = "ATT3D_FAKE_STEP_S"
 """Seconds each fake step sleeps (default 0.02): tests slow it down to catch a job mid-run."""
+BREAK_FILE_ENV = "ATT3D_FAKE_BREAK_FILE"
+"""``STEP:PATH``: before reporting step ``STEP`` the fake trainer overwrites ``PATH`` with garbage (a job
+store destroyed mid-run)."""
+GARBAGE = b"this is not an SQLite database\n" * 64
 
 
 @dataclass
@@ -124,6 +128,7 @@ def fake_train(
 
     out_dir = Path(out_dir)
     delay = float(os.environ.get(STEP_SECONDS_ENV, "0.02"))
+    break_at, _, break_path = os.environ.get(BREAK_FILE_ENV, "").partition(":")
     step, last = 0, None
     if resume:
         found = list_checkpoints(out_dir)
@@ -135,6 +140,8 @@ def fake_train(
             return FakeResult("cancelled", step, last, 1.0 / max(step, 1))
         time.sleep(delay)
         step += 1
+        if break_path and step == int(break_at):
+            Path(break_path).write_bytes(GARBAGE)
         progress_callback(step, config.steps, 1.0 / step)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             last = _save(config, out_dir, step)

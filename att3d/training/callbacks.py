@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from att3d.images import save_png
 from att3d.render import render
 from att3d.training.setup import TrainRun, build_text_encoder
 from att3d.training.state import save_training_checkpoint
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, float], None]
 """``progress_callback(step, total_steps, loss)``, called on rank 0 after every optimizer step."""
@@ -262,9 +265,17 @@ def build_callbacks(
         callbacks.append(TrainingCallback(tensorboard.write, config.log_every, close=tensorboard.close))
     if progress_callback is not None:
         report = progress_callback  # non-None here, for the closure
+        failures: set[str] = set()
 
         def progress(step: int, scalars: dict[str, float]) -> None:
-            report(step, config.steps, scalars["loss/total"])
+            # Reporting (e.g. a job store gone or full) never stops training or skips a checkpoint.
+            try:
+                report(step, config.steps, scalars["loss/total"])
+            except Exception as err:
+                kind = f"{type(err).__name__}: {err}"
+                if kind not in failures:  # once per kind, not at every step
+                    failures.add(kind)
+                    logger.warning("progress callback failed at step %d (%s); training goes on", step, kind)
 
         callbacks.append(TrainingCallback(progress))
     callbacks.append(TrainingCallback(checkpoints.periodic, config.checkpoint_every))

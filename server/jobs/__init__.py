@@ -21,6 +21,7 @@ States and transitions (every transition is one SQL ``UPDATE ... WHERE state IN 
 Modules: :mod:`~server.jobs.requests` (request -> ``TrainConfig``), :mod:`~server.jobs.store` (SQLite),
 :mod:`~server.jobs.scheduler` (``JobManager``, in the server), :mod:`~server.jobs.worker` (the job process;
 its runner interface, :class:`~server.jobs.worker.Runner`, is the signature of
-:func:`att3d.training.loop.train`; tests plug in a fake) and :mod:`~server.jobs.processes` (``/proc`` checks).
+:func:`att3d.training.loop.train`; tests plug in a fake), :mod:`~server.jobs.processes` (``/proc`` checks) and
+:mod:`~server.jobs.recovery` (run folders' ``job.json``/``result.json``; starting on a damaged store).
 A run's newest checkpoint comes from the trainer's own layout, :mod:`att3d.training.run_folder`.
 """

@@ -1,5 +1,10 @@
 """The server side of jobs (:class:`JobManager`): the store, start-up recovery and a scheduler thread that
-starts one process per job (``python -m server.jobs.worker``), cancels and reaps them."""
+starts one process per job (``python -m server.jobs.worker``), cancels and reaps them.
+
+The scheduler outlives an unusable store: each failing tick is logged once per kind, job processes it could
+not reap stay on its list, and when the store works again it reaps them and reconciles ``running`` rows
+(the outcome a job process left in its run folder wins over "interrupted").
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from att3d.config import to_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.errors import ServiceError
 from server.jobs.processes import process_alive, process_start_time
+from server.jobs.recovery import FaultLog, clear_result, open_store, read_result
 from server.jobs.requests import build_train_config, request_digest
-from server.jobs.store import JobStore
+from server.jobs.store import JobStoreUnavailable
 from server.schemas import JobRequest
 from server.settings import ServerSettings
 
@@ -36,7 +42,8 @@ class JobManager:
         self.settings = settings
         self.poll_s = poll_s
         self.runs_dir = settings.data_dir / RUNS_DIR
-        self.store = JobStore(settings.data_dir / DB_FILE)
+        self.store = open_store(settings.data_dir / DB_FILE, self.runs_dir)
+        self._faults = FaultLog(logger, "the job scheduler")
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._adopted: dict[str, tuple[int, str | None]] = {}
         self._signalled: dict[str, float] = {}
@@ -47,7 +54,10 @@ class JobManager:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.recover()
+        try:
+            self.recover()
+        except JobStoreUnavailable as err:  # the scheduler recovers once the store is usable
+            self._faults.failed(err)
         self._thread = threading.Thread(target=self._loop, name="att3d-job-scheduler", daemon=True)
         self._thread.start()
 
@@ -67,12 +77,22 @@ class JobManager:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            self._reap(job_id, proc.returncode)
+            try:
+                self._reap(job_id, proc.returncode)
+            except JobStoreUnavailable as err:  # the next start marks it from its run folder
+                logger.warning("job %s ended as the server stopped, unrecorded: %s", job_id, err.reason)
         self._procs.clear()
 
+    def store_problem(self) -> str | None:
+        """Why the job store cannot be used now (``None``: it can); what ``/readyz`` reports."""
+        return self.store.problem()
+
     def recover(self) -> None:
-        """After a restart: adopt job processes that still run, mark the others interrupted."""
+        """After a restart (or the store's return): adopt job processes that still run, record the others'
+        outcome from their run folder or mark them interrupted. Jobs this scheduler watches are left alone."""
         for row in self.store.list(state="running", limit=1_000_000):
+            if row["id"] in self._procs or row["id"] in self._adopted:
+                continue
             if process_alive(row["pid"], row["pid_start"]):
                 # Its parent is gone, so it is stopping on its own; watch it until it has.
                 self._adopted[row["id"]] = (row["pid"], row["pid_start"])
@@ -124,9 +144,19 @@ class JobManager:
     # ---- the scheduler thread --------------------------------------------------------------------
 
     def _loop(self) -> None:
+        broken = False
         while not self._stop.is_set():
             try:
+                if not self.store.initialized:  # it could not be created at start-up (e.g. permissions)
+                    self.store.initialize()
+                if broken:
+                    self.recover()
                 self._tick()
+                broken = False
+                self._faults.succeeded()
+            except JobStoreUnavailable as err:  # logged once; retried every tick until the file is back
+                broken = True
+                self._faults.failed(err)
             except Exception:  # a scheduler bug must not stop job bookkeeping for good
                 logger.exception("job scheduler tick failed")
             self._wake.wait(self.poll_s)
@@ -136,14 +166,14 @@ class JobManager:
         for job_id, proc in list(self._procs.items()):
             code = proc.poll()
             if code is not None:
+                self._reap(job_id, code)  # forgotten only once recorded: a broken store retries it
                 del self._procs[job_id]
-                self._reap(job_id, code)
         for job_id, (pid, start) in list(self._adopted.items()):
             if not process_alive(pid, start):
-                del self._adopted[job_id]
                 row = self.store.get(job_id)
                 if row is not None and row["state"] == "running":
                     self._mark_interrupted(row, "the server restarted while the job was running")
+                del self._adopted[job_id]
         self._signal_cancelled()
         while not self._stop.is_set() and self._running_count() < self.settings.max_running_jobs:
             row = self.store.claim_next()
@@ -157,6 +187,7 @@ class JobManager:
     def _spawn(self, row: dict[str, Any]) -> None:
         run_dir = Path(row["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
+        clear_result(run_dir)  # a new attempt: the last one's outcome must not be taken for this one's
         command = [
             sys.executable,
             "-m",
@@ -181,9 +212,9 @@ class JobManager:
         except OSError as err:
             self.store.finish(row["id"], "failed", error=f"cannot start the job process: {err}")
             return
-        self.store.set_pid(row["id"], proc.pid, process_start_time(proc.pid))
-        self._procs[row["id"]] = proc
+        self._procs[row["id"]] = proc  # watched even if the store fails now
         logger.info("job %s started in process %d", row["id"], proc.pid)
+        self.store.set_pid(row["id"], proc.pid, process_start_time(proc.pid))
 
     def _signal_cancelled(self) -> None:
         """SIGTERM running jobs whose cancel was requested; SIGKILL them after the grace period."""
@@ -205,7 +236,7 @@ class JobManager:
         """A job process exited: if it did not record an outcome itself, record one for it."""
         self._signalled.pop(job_id, None)
         row = self.store.get(job_id)
-        if row is None or row["state"] != "running":
+        if row is None or row["state"] != "running" or self._record_result(row):
             return
         if row["cancel_requested"]:
             self.store.finish(job_id, "canceled", checkpoint=self._checkpoint_path(row))
@@ -225,7 +256,25 @@ class JobManager:
         latest = latest_checkpoint(row["run_dir"], check_weights=False)
         return str(latest[1]) if latest else None
 
+    def _record_result(self, row: dict[str, Any]) -> bool:
+        """Record the outcome a job process left in its run folder when the store could not take it."""
+        result = read_result(row["run_dir"])
+        if result is None:
+            return False
+        self.store.finish(
+            row["id"],
+            result["state"],
+            error=result.get("error"),
+            checkpoint=result.get("checkpoint"),
+            step=result.get("step"),
+            loss=result.get("loss") if isinstance(result.get("loss"), float) else None,
+        )
+        logger.info("job %s: %s, recorded from its run folder", row["id"], result["state"])
+        return True
+
     def _mark_interrupted(self, row: dict[str, Any], why: str) -> None:
+        if self._record_result(row):
+            return
         latest = latest_checkpoint(row["run_dir"], check_weights=False)
         where = f"its last checkpoint is at step {latest[0]}" if latest else "it has no checkpoint yet"
         self.store.finish(

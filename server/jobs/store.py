@@ -1,5 +1,10 @@
 """Job rows in SQLite; every state transition is one guarded ``UPDATE`` in a ``BEGIN IMMEDIATE``
-transaction, so two writers (the server, a job process) can never both move a job."""
+transaction, so two writers (the server, a job process) can never both move a job.
+
+A store that becomes unusable (the file deleted, overwritten, truncated, locked past the timeout) raises
+:class:`JobStoreUnavailable` from every method: a 503 for the API, a logged fault for the scheduler and the
+job process, which carry on and find it again once the file is back (every call opens the file anew).
+"""
 
 from __future__ import annotations
 
@@ -50,33 +55,107 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 """
 
 
+_REQUIRED = {
+    "jobs": (
+        "id, state, request, config, run_dir, total_steps, step, loss, error, checkpoint, attempts, pid, "
+        "pid_start, cancel_requested, cancel_requested_at, created_at, started_at, updated_at, finished_at"
+    ),
+    "idempotency_keys": "key, request_sha256, job_id, created_at",
+}
+"""The columns this code reads: a table without one of them is the wrong schema (more tables are fine)."""
+
 QUEUED_JOBS_RETRY_AFTER_S = 60
 """``Retry-After`` when the job queue is full: a queued job waits for a training run, minutes at least."""
+STORE_RETRY_AFTER_S = 10
+"""``Retry-After`` while the job store is unusable: an operator has to restore the file (or restart)."""
+
+
+class JobStoreUnavailable(ServiceError):
+    """The jobs database cannot be used: answered 503 ``job_store_unavailable`` with ``Retry-After``."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.detail = detail
+        self.reason = f"the job store {path} is unusable: {detail}"
+        super().__init__(
+            503,
+            "job_store_unavailable",
+            f"{self.reason}; retry later",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
 
 
 class JobStore:
     """Job rows in SQLite (WAL mode: the server and job processes read while one writes).
 
     Every method opens its own short-lived connection, so the store is safe to use from any thread or
-    process; write transactions start with ``BEGIN IMMEDIATE`` to take the write lock up front.
+    process; write transactions start with ``BEGIN IMMEDIATE`` to take the write lock up front. Only
+    :meth:`initialize` (the constructor, unless ``create`` is false) creates the file: a store deleted later
+    stays missing (an error) rather than silently becoming a new, empty one.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        self.initialized = False
+        if create:
+            self.initialize()
+
+    def initialize(self) -> None:
+        """Create the file (and its folder) if missing, and the tables."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise JobStoreUnavailable(self.path, describe(err)) from err
+        with self._connect(create=True) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        self.initialized = True
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")  # a finished job must survive a power cut, not just a crash
+    def _connect(self, create: bool = False) -> Iterator[sqlite3.Connection]:
+        mode = "rwc" if create else "rw"
         try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, timeout=30.0)
+        except (sqlite3.Error, OSError) as err:
+            detail = "the file is missing" if not self.path.exists() else describe(err)
+            raise JobStoreUnavailable(self.path, detail) from err
+        db.isolation_level = None
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=FULL")  # a finished job must survive a power cut, not just a crash
             yield db
+        except (sqlite3.DatabaseError, OSError) as err:
+            raise JobStoreUnavailable(self.path, describe(err)) from err
         finally:
             db.close()
+
+    def problem(self) -> str | None:
+        """Why the store cannot be used now (``None``: it can): a cheap check for probes and the scheduler."""
+        try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                return JobStoreUnavailable(self.path, "the file is empty").reason
+            with self._connect() as db:
+                for table, columns in _REQUIRED.items():
+                    db.execute(f"SELECT {columns} FROM {table} LIMIT 0")
+        except JobStoreUnavailable as err:
+            return err.reason
+        except OSError as err:  # the file vanished between the two checks
+            return JobStoreUnavailable(self.path, describe(err)).reason
+        return None
+
+    def damage(self) -> str | None:
+        """Why an existing file is not a usable store (``None``: it is); reads it all (start-up only)."""
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            return "the file is empty"
+        try:
+            with self._connect() as db:
+                check = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+                if check != ["ok"]:
+                    return "the file is damaged (" + "; ".join(check) + ")"
+                for table, columns in _REQUIRED.items():
+                    db.execute(f"SELECT {columns} FROM {table} LIMIT 0")
+        except JobStoreUnavailable as err:
+            return err.detail
+        return None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -268,6 +347,21 @@ class JobStore:
             )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return dict(row) if row is not None else None
+
+    def insert_recovered(self, row: dict[str, Any]) -> bool:
+        """Insert a job re-created from its run folder (all columns given); False if its id exists."""
+        columns = ", ".join(row)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT OR IGNORE INTO jobs ({columns}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+            return cursor.rowcount == 1
+
+
+def describe(err: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _finite(value: float) -> bool:

@@ -5,6 +5,10 @@ loads the job's ``TrainConfig`` from the database, calls the runner with a progr
 progress go to SQLite) and a cancel flag, and records how it ended. The cancel flag is set by a watcher
 thread when the job's ``cancel_requested`` column is set (``DELETE /v1/jobs/{id}``) or when the server that
 started this process dies; SIGTERM reaches the trainer directly (it saves a checkpoint and returns).
+
+The store may become unusable while the job trains (the file deleted or overwritten): training and its
+checkpoints never depend on it. Failed store writes are logged once per kind, and the outcome is written to
+the run folder (``result.json``) before the store, so the server records it once the store is back.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, Protocol
 from att3d.config import TrainConfig, from_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.jobs.processes import process_start_time
-from server.jobs.store import JobStore
+from server.jobs.recovery import FaultLog, clear_result, write_job_record, write_result
+from server.jobs.store import JobStore, JobStoreUnavailable
 
 logger = logging.getLogger("server.jobs.worker")
 
@@ -82,9 +87,10 @@ def load_runner(spec: str) -> Runner:
 class _Watcher(threading.Thread):
     """Sets ``cancel`` when the job's cancel flag is set in the database or the parent process dies."""
 
-    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event) -> None:
+    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event, faults: FaultLog) -> None:
         super().__init__(name="att3d-job-watcher", daemon=True)
         self.store = store
+        self.faults = faults
         self.job_id = job_id
         self.cancel = cancel
         self.parent = os.getppid()
@@ -101,8 +107,8 @@ class _Watcher(threading.Thread):
                 if self.store.cancel_requested(self.job_id):
                     self.cancel_requested.set()
                     self.cancel.set()
-            except Exception:  # a locked or vanished database must not kill the training
-                logger.exception("cannot read the cancel flag")
+            except JobStoreUnavailable as err:  # a locked or vanished database must not kill the training
+                self.faults.failed(err)
 
 
 def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
@@ -113,8 +119,16 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
         return row["state"] if row else "missing"
     store.set_pid(job_id, os.getpid(), process_start_time(os.getpid()))
     run_dir = Path(row["run_dir"])
+    try:
+        clear_result(run_dir)
+        write_job_record(run_dir, row)
+    except OSError as err:
+        logger.warning("cannot write the job's record in %s: %s", run_dir, err)
     cancel = threading.Event()
-    watcher = _Watcher(store, job_id, cancel)
+    faults = FaultLog(
+        logger, f"job {job_id}: using the job store (training goes on; progress is not recorded)"
+    )
+    watcher = _Watcher(store, job_id, cancel, faults)
     if store.cancel_requested(job_id):  # cancelled between the scheduler's claim and this start
         cancel.set()
     # Until the trainer installs its own handlers (and after it restores ours), SIGTERM stops cooperatively.
@@ -127,8 +141,13 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
         nonlocal last_write
         now = time.monotonic()
         if step >= total or now - last_write >= PROGRESS_EVERY_S:
-            store.progress(job_id, step, total, loss)
             last_write = now
+            try:
+                store.progress(job_id, step, total, loss)
+            except JobStoreUnavailable as err:
+                faults.failed(err)
+            else:
+                faults.succeeded()
 
     try:
         config = from_dict(TrainConfig, json.loads(row["config"]))
@@ -141,7 +160,8 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
         message = " ".join(str(err).split()) or type(err).__name__
         latest = latest_checkpoint(run_dir, check_weights=False)
         state = "interrupted" if watcher.parent_gone.is_set() else "failed"
-        store.finish(job_id, state, error=f"{type(err).__name__}: {message}", checkpoint=_path(latest))
+        error = f"{type(err).__name__}: {message}"
+        _record(store, job_id, run_dir, state=state, error=error, checkpoint=_path(latest))
         return state
     finally:
         watcher.done.set()
@@ -154,15 +174,49 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
     )
     if result.status == "completed":
         state, error = "succeeded", None
-    elif watcher.cancel_requested.is_set() or store.cancel_requested(job_id):
+    elif watcher.cancel_requested.is_set() or _cancel_requested(store, job_id):
         state, error = "canceled", None
     else:
         why = "the server stopped" if watcher.parent_gone.is_set() else "the job process was asked to stop"
         state = "interrupted"
         error = f"{why} at step {result.step}; POST /v1/jobs/{job_id}/resume continues it"
-    store.finish(job_id, state, error=error, checkpoint=checkpoint, step=result.step, loss=result.loss)
+    _record(
+        store,
+        job_id,
+        run_dir,
+        state=state,
+        error=error,
+        checkpoint=checkpoint,
+        step=result.step,
+        loss=result.loss,
+    )
     logger.info("job %s: %s at step %d", job_id, state, result.step)
     return state
+
+
+def _cancel_requested(store: JobStore, job_id: str) -> bool:
+    try:
+        return store.cancel_requested(job_id)
+    except JobStoreUnavailable:
+        return False
+
+
+def _record(store: JobStore, job_id: str, run_dir: Path, **outcome: Any) -> None:
+    """The outcome into the run folder, then into the store; a store that cannot take it is logged, and the
+    server records the run folder's copy when it reaps this process (or when the store is back)."""
+    try:
+        write_result(run_dir, **outcome)
+    except OSError as err:
+        logger.warning("job %s: cannot write %s/result.json: %s", job_id, run_dir, err)
+    try:
+        recorded = store.finish(job_id, **outcome)
+    except JobStoreUnavailable as err:
+        logger.warning("job %s: %s; its outcome is in %s/result.json", job_id, err.reason, run_dir)
+        return
+    if not recorded:
+        logger.warning(
+            "job %s is no longer running in the job store; its outcome is in %s/result.json", job_id, run_dir
+        )
 
 
 def _path(latest: tuple[int, Path] | None) -> str | None:
@@ -176,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", default="att3d.training.loop:train", help="module:function that trains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = run_job(JobStore(args.db), args.job, args.runner)
+    try:
+        state = run_job(JobStore(args.db, create=False), args.job, args.runner)
+    except JobStoreUnavailable as err:  # before training started: the server reaps and records it
+        logger.error("job %s cannot start: %s", args.job, err.reason)
+        return 1
     return 0 if state in ("succeeded", "canceled", "interrupted") else 1
 
 

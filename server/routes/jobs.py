@@ -13,7 +13,8 @@ from server.deps import JobsDep
 from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES
 from server.schemas import ErrorResponse, JobRequest, JobStatus
 
-router = APIRouter(prefix="/v1", responses=V1_ERROR_RESPONSES)
+_STORE_ERRORS = {503: {"model": ErrorResponse, "description": "job_store_unavailable; see Retry-After."}}
+router = APIRouter(prefix="/v1", responses={**V1_ERROR_RESPONSES, **_STORE_ERRORS})
 JobIdPath = Annotated[str, PathParam(min_length=1, max_length=64)]
 IdempotencyKey = Annotated[
     str | None,

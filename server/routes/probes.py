@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deps import EngineDep, JobsDep, MetricsDep
 from server.errors import ERROR_RESPONSES
+from server.jobs.store import JobStoreUnavailable
 
 router = APIRouter(tags=["probes"])
 
@@ -21,10 +23,13 @@ async def livez() -> dict[str, str]:
 
 
 @router.get(
-    "/readyz", responses={503: {"description": "Loading, failed to load, or the queue is saturated."}}
+    "/readyz",
+    responses={
+        503: {"description": "Loading, failed to load, the job store unusable, or the queue is saturated."}
+    },
 )
-async def readyz(engine: EngineDep) -> JSONResponse:
-    """Models loaded and warmed up, and the queue not saturated."""
+async def readyz(engine: EngineDep, jobs: JobsDep) -> JSONResponse:
+    """Models loaded and warmed up, the job store usable, and the queue not saturated."""
     body: dict[str, Any] = {
         "queue_depth": engine.queue_depth(),
         "models": [m["name"] for m in engine.models()],
@@ -32,6 +37,9 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     if not engine.ready:
         reason = engine.load_error or "loading and warming up the models"
         return JSONResponse({"status": "not_ready", "reason": reason, **body}, status_code=503)
+    store_problem = await asyncio.to_thread(jobs.store_problem)
+    if store_problem is not None:
+        return JSONResponse({"status": "not_ready", "reason": store_problem, **body}, status_code=503)
     if engine.saturated():
         return JSONResponse(
             {"status": "not_ready", "reason": "the queue is saturated", **body}, status_code=503
@@ -46,6 +54,13 @@ async def readyz(engine: EngineDep) -> JSONResponse:
 )
 def metrics(jobs: JobsDep, app_metrics: MetricsDep) -> Response:
     """Prometheus metrics (requests by route and status, latencies, queue depth, batch sizes, cache, jobs)."""
-    for job_state, count in jobs.store.counts().items():
-        app_metrics.jobs.labels(job_state).set(count)
+    try:
+        counts = jobs.store.counts()
+    except JobStoreUnavailable:  # still answered: job gauges left out, att3d_job_store_up 0
+        app_metrics.jobs.clear()
+        app_metrics.job_store_up.set(0)
+    else:
+        for job_state, count in counts.items():
+            app_metrics.jobs.labels(job_state).set(count)
+        app_metrics.job_store_up.set(1)
     return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)

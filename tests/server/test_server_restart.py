@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_fakes import STEP_SECONDS_ENV, TESTS_DIR, tiny_config_overrides, tiny_generator
+from server_fakes import GARBAGE, STEP_SECONDS_ENV, TESTS_DIR, tiny_config_overrides, tiny_generator
 
 from server.jobs.store import JobStore
 
@@ -126,3 +126,19 @@ def test_server_killed_mid_job_then_restarted_and_resumed(tmp_path, checkpoint):
     finally:
         # Graceful stop; uvicorn re-raises the SIGTERM it handled once shutdown is complete.
         assert second.stop() in (0, -signal.SIGTERM)
+
+
+def test_serve_starts_on_a_garbage_job_store(tmp_path, checkpoint):
+    """No traceback: the damaged file is moved aside with one log line and a fresh store starts."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "jobs.sqlite").write_bytes(GARBAGE)
+    server = Server(tmp_path, checkpoint)
+    try:
+        assert server.client.get("/v1/jobs").json() == []
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    log = Path(server.log.name).read_text()
+    assert "Traceback" not in log, log
+    moved = list((tmp_path / "data").glob("jobs.sqlite.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == GARBAGE
+    assert f"moved it to {moved[0]}" in log and "file is not a database" in log, log
