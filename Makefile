@@ -4,7 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch is installed first, on its own. On a standard index `torch==X` is the CUDA build (with ~16 nvidia
-# packages, several GB): the CPU wheels' index is added by default, and its `X+cpu` wins. For CUDA:
+# packages, several GB): the CPU wheels' index is added by default for torch alone (its `X+cpu` wins; the
+# dependencies then come from the configured index, so no other lookup waits on that host). For CUDA:
 # `make run TORCH_INDEX=https://download.pytorch.org/whl/cu128` (any PyTorch wheel index), or `TORCH_INDEX=`
 # for whatever the configured index gives.
 TORCH_VERSION ?= 2.13.0
@@ -15,7 +16,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(BIN)/att3d: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q --no-deps torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)  # its dependencies, from the configured index only
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(BIN)/att3d
 

@@ -22,7 +22,7 @@ def _torch_install_line(*variables: str) -> str:
         text=True,
         check=True,
     ).stdout
-    return next(line for line in out.splitlines() if "install -q torch==" in line)
+    return next(line for line in out.splitlines() if "install -q --no-deps torch==" in line)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
