@@ -17,8 +17,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from att3d.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors_atomic
+from att3d.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    save_tensors_atomic,
+)
 from att3d.config import to_dict
+from att3d.generate import check_weights_fit
 from att3d.training.errors import TrainingError
 from att3d.training.run_folder import TRAIN_STATE_FILE, checkpoint_dir, prune_checkpoints
 from att3d.training.setup import TrainRun, make_generators
@@ -142,6 +149,10 @@ def load_training_checkpoint(run: TrainRun, path: Path) -> None:
         raise TrainingError(
             f"cannot resume from {path}: the training prompt set differs from the checkpoint's"
         )
+    try:  # a re-signed checkpoint may hold weights its config does not describe
+        check_weights_fit(run.config.model, ckpt.tensors, path)
+    except CheckpointError as err:
+        raise TrainingError(f"cannot resume: {err}") from None
     run.field.load_state_dict({k: v.to(run.dist.device) for k, v in ckpt.tensors.items()})
     tensors = load_tensors(path / TRAIN_STATE_FILE)
     load_optimizer_tensors(run, {k: v for k, v in tensors.items() if k.startswith("optim.")})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import signal
@@ -9,6 +11,7 @@ import threading
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from training_toys import TEXT_DIM, ToyEncoder, ToyPrior, run_train, tiny_config, weights_of
 
 from att3d.checkpoint import load_checkpoint, load_tensors
@@ -197,3 +200,18 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path) == (1, tmp_path / "checkpoints" / "step_0000001")
     resumed = run_train(config, tmp_path, resume=True)
     assert resumed.status == "completed" and resumed.step == 2
+
+
+def test_resume_refuses_weights_the_config_does_not_describe(tmp_path):
+    # A checkpoint rewritten with other shapes and a matching checksum: refused by name, not a traceback.
+    config = tiny_config("steps=1", "prompts_per_step=1", "albedo_steps=10")
+    run_train(config, tmp_path)
+    ckpt = tmp_path / "checkpoints" / "step_0000001"
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors["head.mlp.0.weight"] = torch.zeros(3, 14)
+    save_file(tensors, ckpt / "model.safetensors")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["weights_sha256"] = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainingError, match=r"cannot resume: .*'head\.mlp\.0\.weight' is \[3, 14\]"):
+        run_train(tiny_config("steps=2", "prompts_per_step=1", "albedo_steps=10"), tmp_path, resume=True)
