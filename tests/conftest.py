@@ -70,3 +70,25 @@ def assert_same_mesh(mesh, ref, atol: float = 1e-5) -> None:
     colors = mesh.visual.vertex_colors[order].astype(int)
     np.testing.assert_allclose(colors, ref.visual.vertex_colors[ref_order], atol=1)
     assert mesh.volume == pytest.approx(ref.volume, rel=1e-5)
+
+
+# The server tests' app: one per test module (module scope), on a tiny seeded generator. A module that needs
+# other settings defines its own ``client``.
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """The tiny seeded generator the server tests' app serves as ``default``."""
+    from server_fakes import tiny_generator
+
+    return tiny_generator(prompts=["a red cube", "a blue sphere", "a green cone"])
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, generator):
+    """A started test client of the app (default settings of ``server_fakes.settings_for``)."""
+    from server_fakes import isolated_environment, settings_for, started_client
+
+    tmp = tmp_path_factory.mktemp("api")
+    with isolated_environment(tmp), started_client(settings_for(tmp), {"default": generator}) as client:
+        yield client

@@ -9,20 +9,7 @@ from server_fakes import (
     isolated_environment,
     settings_for,
     started_client,
-    tiny_generator,
 )
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return tiny_generator(prompts=["a red cube", "a blue sphere", "a green cone"])
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, generator):
-    tmp = tmp_path_factory.mktemp("api")
-    with isolated_environment(tmp), started_client(settings_for(tmp), {"default": generator}) as client:
-        yield client
 
 
 def test_body_size_limit(client):

@@ -15,27 +15,11 @@ import pytest
 import trimesh
 from server_fakes import (
     assert_valid_glb,
-    isolated_environment,
-    settings_for,
-    started_client,
-    tiny_generator,
 )
 
 from att3d.meshing.export import mesh_to_bytes
 
 RES = 16  # the smallest resolution: each mesh takes a fraction of a second
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return tiny_generator(prompts=["a red cube", "a blue sphere", "a green cone"])
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, generator):
-    tmp = tmp_path_factory.mktemp("api")
-    with isolated_environment(tmp), started_client(settings_for(tmp), {"default": generator}) as client:
-        yield client
 
 
 def _glb(client, prompt: str, **options):

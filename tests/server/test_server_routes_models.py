@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 
-import pytest
 from server_fakes import (
     isolated_environment,
     job_request,
@@ -15,18 +14,6 @@ from server_fakes import (
     tiny_generator,
     wait_for_job,
 )
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return tiny_generator(prompts=["a red cube", "a blue sphere", "a green cone"])
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, generator):
-    tmp = tmp_path_factory.mktemp("api")
-    with isolated_environment(tmp), started_client(settings_for(tmp), {"default": generator}) as client:
-        yield client
 
 
 def test_models_and_prompts(client, generator):
