@@ -38,9 +38,25 @@ class PromptSet:
     """Prompts the generator is trained on (never empty, no duplicates)."""
     heldout: tuple[str, ...] = ()
     """Prompts kept out of training and scored separately (disjoint from ``train``)."""
+    prior_prompts: tuple[str, ...] | None = None
+    """What the prior is conditioned on for each training prompt (aligned with ``train``); ``None`` means
+    the training prompts themselves. A small prior knows fewer wordings than the generator is asked to
+    learn: ShapesWorld's wording set conditions the prior on a phrasing it was trained on (the same
+    object), while the generator sees the free wording."""
+
+    def __post_init__(self) -> None:
+        if self.prior_prompts is not None and len(self.prior_prompts) != len(self.train):
+            raise PromptSetError(
+                f"prior_prompts has {len(self.prior_prompts)} entries for {len(self.train)} training prompts"
+            )
 
     def __len__(self) -> int:
         return len(self.train)
+
+    @property
+    def prior_text(self) -> tuple[str, ...]:
+        """The prior's prompt for each training prompt."""
+        return self.train if self.prior_prompts is None else self.prior_prompts
 
 
 def load_prompt_set(

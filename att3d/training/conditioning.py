@@ -79,19 +79,31 @@ def prior_is_view_conditioned(prior: DiffusionPrior) -> bool:
 
 
 def build_prompt_bank(
-    prompts: Sequence[str], encoder: TextEncoder, prior: DiffusionPrior, device: torch.device
+    prompts: Sequence[str],
+    encoder: TextEncoder,
+    prior: DiffusionPrior,
+    device: torch.device,
+    prior_prompts: Sequence[str] | None = None,
 ) -> PromptBank:
-    """Encode ``prompts`` for the field and for the prior (each encoder caches its own results)."""
+    """Encode ``prompts`` for the field and ``prior_prompts`` (default: the same prompts, row for row) for
+    the prior; each encoder caches its own results, and a prior prompt shared by many rows is encoded once."""
     from att3d.priors.view_prompts import encode_view_prompts
 
     prompts = list(prompts)
+    prior_prompts = prompts if prior_prompts is None else list(prior_prompts)
+    if len(prior_prompts) != len(prompts):
+        raise ValueError(f"{len(prior_prompts)} prior prompts for {len(prompts)} prompts")
     embeddings = encoder.encode(prompts).to(device=device, dtype=torch.float32)
     view_suffixes = not prior_is_view_conditioned(prior)
+    distinct = list(dict.fromkeys(prior_prompts))
+    row_of = {p: i for i, p in enumerate(distinct)}
+    rows = torch.tensor([row_of[p] for p in prior_prompts])
     with torch.no_grad():
         if view_suffixes:
-            prior_text = encode_view_prompts(prior.encode_text, prompts)
+            prior_text = encode_view_prompts(prior.encode_text, distinct)
         else:
-            prior_text = prior.encode_text(prompts)
+            prior_text = prior.encode_text(distinct)
+        prior_text = prior_text[rows.to(prior_text.device)]
         uncond = prior.unconditional_text(1)
     return PromptBank(prompts, embeddings, prior_text.to(device), uncond.to(device), view_suffixes)
 

@@ -130,7 +130,7 @@ def setup_run(
     # Rank 0 fills the on-disk text caches first so other ranks read instead of recomputing.
     if info.distributed and not info.is_main:
         dist.barrier()
-    bank = build_prompt_bank(prompt_set.train, encoder, prior, info.device)
+    bank = build_prompt_bank(prompt_set.train, encoder, prior, info.device, prompt_set.prior_text)
     if info.distributed and info.is_main:
         dist.barrier()
     # Every embedding the run needs is in the bank now: give the text encoders' memory back.

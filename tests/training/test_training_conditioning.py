@@ -64,6 +64,33 @@ def test_field_and_prior_get_the_same_mix():
     torch.testing.assert_close(uncond.text, torch.zeros(4, TEXT_DIM))
 
 
+def test_prior_prompts_condition_the_prior_while_the_field_sees_the_free_wording():
+    encoder, prior = ToyEncoder(), ToyPrior()
+    prompts = ["a crimson box", "a scarlet cube", "a blue cone"]
+    taught = ["a red cube", "a red cube", "a blue cone"]
+    bank = build_prompt_bank(prompts, encoder, prior, torch.device("cpu"), prior_prompts=taught)
+    torch.testing.assert_close(bank.embeddings, encoder.encode(prompts))
+    torch.testing.assert_close(bank.prior_text, encoder.encode(taught))
+    cond, _ = prior_condition(bank, torch.tensor([[0.5, 0.0, 0.5]]), make_cameras([0], [0]), views=1)
+    torch.testing.assert_close(
+        cond.text, 0.5 * encoder.encode(["a red cube"]) + 0.5 * encoder.encode(["a blue cone"])
+    )
+
+
+def test_prior_prompts_must_align_with_the_prompts():
+    import pytest
+
+    from att3d.prompts import PromptSet, PromptSetError
+
+    with pytest.raises(ValueError, match="2 prior prompts for 3 prompts"):
+        build_prompt_bank(
+            ["a", "b", "c"], ToyEncoder(), ToyPrior(), torch.device("cpu"), prior_prompts=["a", "b"]
+        )
+    with pytest.raises(PromptSetError, match="prior_prompts has 1 entries for 2 training prompts"):
+        PromptSet(train=("a", "b"), prior_prompts=("a",))
+    assert PromptSet(train=("a", "b")).prior_text == ("a", "b")
+
+
 def test_text_only_priors_get_view_suffixed_conditioning():
     class TextOnlyPrior(ToyPrior):
         """Token-sequence conditioning [N, L=2, D], like the hub priors."""
