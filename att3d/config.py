@@ -125,6 +125,9 @@ class RenderConfig:
     """Background colour (RGB in [0, 1])."""
     normal_eps: Number = 0.01
     """Finite-difference step for density-gradient normals (world units)."""
+    normals: Literal["central", "forward"] = "central"
+    """Finite differences for normals: ``central`` (6 probes per sample) or ``forward`` (3 probes, reusing
+    the sample's own density: half the cost, first-order accurate)."""
     chunk_rays: StrictInt = 16384
     """Rays rendered per chunk when rendering without gradient."""
 
@@ -332,6 +335,11 @@ class TrainConfig:
     """Hash-grid levels active at step 0 (0: all); finer levels are unmasked one by one."""
     level_steps: StrictInt = 100
     """Steps between unmasking two consecutive hash-grid levels (``progressive_levels > 0``)."""
+    albedo_smoothness_weight: NonNegativeNumber = 0.0
+    """Weight of the albedo change between a contributing sample and its normal probes (speckle), in
+    shaded steps."""
+    init_from: StrictStr = ""
+    """Checkpoint folder whose weights start a new run (same model config; fresh optimizer and step)."""
     seed: StrictInt = 0
     """Seed of the initialization and of every random draw (rank r draws from ``seed + r``)."""
     device: StrictStr = "auto"

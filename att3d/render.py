@@ -12,8 +12,11 @@ Shading (the same model the ShapesWorld ground-truth renderer uses):
 - ``albedo``:      c = albedo
 - ``diffuse``:     c = albedo * (ambient + (1 - ambient) * max(n . l, 0))
 - ``textureless``: the diffuse term with a white albedo (geometry only)
-Normals are ``-grad(sigma) / |grad(sigma)|`` by central finite differences, evaluated only at samples
-that contribute to the image (weight above a small threshold) because they cost six extra field queries.
+Normals are ``-grad(sigma) / |grad(sigma)|`` by finite differences (central: six probes per sample;
+forward: three, reusing the sample's own density), evaluated only at samples that contribute to the image
+(weight above a small threshold) because every probe is a field query. The probes' albedo comes for free
+and measures how much the albedo changes over ``normal_eps`` (``RenderOutput.albedo_variation``), which
+training can penalize against speckled textures.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class RenderOutput:
     """Accumulated opacity ``[B, 1, H, W]``."""
     depth: Tensor
     """Expected ray distance ``sum_i w_i t_i`` ``[B, 1, H, W]`` (0 where nothing is hit)."""
+    albedo_variation: Tensor | None = None
+    """Mean L1 albedo change between contributing samples and their normal probes, weighted by the
+    samples' compositing weights (a scalar; ``None`` when no normals were computed)."""
 
 
 def stratified_samples(
@@ -74,15 +80,26 @@ def composite(density: Tensor, color: Tensor, t: Tensor, delta: Tensor) -> tuple
     return weights, rgb, depth
 
 
-def density_normals(field_fn: FieldFn, points: Tensor, eps: float) -> Tensor:
-    """Unit normals ``[P, M, 3]`` from central differences of density (pointing out of the object)."""
+def density_normals(
+    field_fn: FieldFn, points: Tensor, eps: float, own_density: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Unit normals ``[P, M, 3]`` (pointing out of the object) and the probes' albedo ``[P, M, K, 3]``.
+
+    Central differences (``K = 6`` probes at ``±eps`` per axis) unless ``own_density`` (``[P, M]``, the
+    density at ``points``) is given: then forward differences with ``K = 3`` probes at ``+eps``.
+    """
     p, m, _ = points.shape
     offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps
-    probes = torch.cat([points[:, :, None, :] + offsets, points[:, :, None, :] - offsets], dim=2)
-    density, _ = field_fn(probes.reshape(p, m * 6, 3))
-    density = density.reshape(p, m, 6)
-    gradient = (density[..., :3] - density[..., 3:]) / (2 * eps)
-    return -F.normalize(gradient, dim=-1)
+    if own_density is None:
+        offsets = torch.cat([offsets, -offsets])
+    k = offsets.shape[0]
+    density, albedo = field_fn((points[:, :, None, :] + offsets).reshape(p, m * k, 3))
+    density = density.reshape(p, m, k)
+    if own_density is None:
+        gradient = (density[..., :3] - density[..., 3:]) / (2 * eps)
+    else:
+        gradient = (density - own_density[..., None]) / eps
+    return -F.normalize(gradient, dim=-1), albedo.reshape(p, m, k, 3)
 
 
 def shade(albedo: Tensor, normals: Tensor | None, light_dir: Tensor, mode: str, ambient: float) -> Tensor:
@@ -138,7 +155,9 @@ def render(
         _render_rays(field_fn, *(r[:, i : i + chunk] for r in rays), light[:, i : i + chunk], shading, config)
         for i in range(0, rays[0].shape[1], chunk)
     ]
-    rgb, opacity, depth = (torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True))
+    rgb, opacity, depth = (torch.cat([piece[i] for piece in pieces], dim=1) for i in range(3))
+    variations = [piece[3] for piece in pieces if piece[3] is not None]
+    albedo_variation = torch.stack(variations).mean() if variations else None
 
     bg = torch.tensor(config.background, device=device) if background is None else background.to(device)
     bg = bg.reshape(-1, 3).expand(batch, 3)
@@ -147,7 +166,10 @@ def render(
     rgb = rgb + (1.0 - opacity) * bg[:, None, None, :]
     depth = depth.reshape(batch, size, size, 1)
     return RenderOutput(
-        rgb=rgb.permute(0, 3, 1, 2), opacity=opacity.permute(0, 3, 1, 2), depth=depth.permute(0, 3, 1, 2)
+        rgb=rgb.permute(0, 3, 1, 2),
+        opacity=opacity.permute(0, 3, 1, 2),
+        depth=depth.permute(0, 3, 1, 2),
+        albedo_variation=albedo_variation,
     )
 
 
@@ -160,8 +182,9 @@ def _render_rays(
     light: Tensor,
     shading: str,
     config: RenderConfig,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Render rays ``[P, R, ...]``; returns premultiplied rgb ``[P, R, 3]``, opacity and depth ``[P, R]``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Render rays ``[P, R, ...]``; returns premultiplied rgb ``[P, R, 3]``, opacity and depth ``[P, R]``
+    and the albedo variation at the normal probes (``None`` without normals)."""
     p, r, s = t.shape
     points = origins[:, :, None, :] + dirs[:, :, None, :] * t[..., None]  # [P, R, S, 3]
     density, albedo = field_fn(points.reshape(p, r * s, 3))
@@ -169,7 +192,7 @@ def _render_rays(
     albedo = albedo.reshape(p, r, s, 3)
     if shading == "albedo":
         weights, rgb, depth = composite(density, albedo, t, delta)
-        return rgb, weights.sum(dim=-1), depth
+        return rgb, weights.sum(dim=-1), depth, None
 
     # Weights do not depend on colour, so find the contributing samples first and pay for normals there only.
     with torch.no_grad():
@@ -177,6 +200,7 @@ def _render_rays(
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1]], -1), -1)
         active = (alpha * trans) > _NORMAL_WEIGHT_MIN  # [P, R, S]
     normals = torch.zeros_like(albedo)
+    variation = None
     counts = active.flatten(1).sum(dim=1)
     if counts.max() > 0:
         # Gather each prompt's active samples into a padded [P, M, 3] batch for one field call.
@@ -184,13 +208,19 @@ def _render_rays(
         order = torch.argsort(active.flatten(1).to(torch.int8), dim=1, descending=True, stable=True)[:, :m]
         flat_points = points.reshape(p, r * s, 3)
         selected = torch.gather(flat_points, 1, order[..., None].expand(-1, -1, 3))
-        selected_normals = density_normals(field_fn, selected, config.normal_eps)
+        own = torch.gather(density.reshape(p, r * s), 1, order) if config.normals == "forward" else None
+        selected_normals, probe_albedo = density_normals(field_fn, selected, config.normal_eps, own)
         valid = torch.arange(m, device=t.device)[None, :] < counts[:, None]
         selected_normals = selected_normals * valid[..., None]
+        # Weighted by the (detached) compositing weights: speckle that shows in the image counts.
+        sample_albedo = torch.gather(albedo.reshape(p, r * s, 3), 1, order[..., None].expand(-1, -1, 3))
+        sample_weight = torch.gather((alpha * trans).reshape(p, r * s), 1, order) * valid
+        change = (probe_albedo - sample_albedo[:, :, None, :]).abs().mean(dim=(2, 3))
+        variation = (change * sample_weight).sum() / sample_weight.sum().clamp_min(1e-8)
         normals = torch.zeros(p, r * s, 3, device=t.device, dtype=albedo.dtype).scatter(
             1, order[..., None].expand(-1, -1, 3), selected_normals
         )
         normals = normals.reshape(p, r, s, 3)
     color = shade(albedo, normals, light, shading, config.ambient)
     weights, rgb, depth = composite(density, color, t, delta)
-    return rgb, weights.sum(dim=-1), depth
+    return rgb, weights.sum(dim=-1), depth, variation

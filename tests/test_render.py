@@ -107,3 +107,37 @@ def test_bad_arguments() -> None:
         render(solid_sphere, cams, CONFIG, shading="phong")
     with pytest.raises(ValueError, match="cannot be split evenly"):
         render(solid_sphere, cams, CONFIG, num_prompts=2)
+
+
+def test_forward_and_central_normals_agree_on_a_sphere_and_match_its_radial_normal() -> None:
+    from att3d.render import density_normals
+
+    directions = torch.nn.functional.normalize(
+        torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    points = directions * RADIUS
+    central, central_albedo = density_normals(solid_sphere, points, 0.001)
+    own, _ = solid_sphere(points)
+    forward, forward_albedo = density_normals(solid_sphere, points, 0.001, own_density=own)
+    assert central_albedo.shape == (1, 50, 6, 3) and forward_albedo.shape == (1, 50, 3, 3)
+    # Outward normals: along the radius, to within the finite-difference error.
+    assert (central * directions).sum(-1).min() > 0.999
+    assert (forward * directions).sum(-1).min() > 0.99
+
+
+def test_albedo_variation_is_zero_for_a_uniform_albedo_and_grows_with_speckle() -> None:
+    cams = make_cameras([20.0], [30.0], 3.0)
+    config = RenderConfig(image_size=12, samples_per_ray=96, normals="forward")
+    uniform = render(solid_sphere, cams, config, shading="diffuse", perturb=False)
+    assert uniform.albedo_variation is not None and uniform.albedo_variation.item() == pytest.approx(
+        0.0, abs=1e-7
+    )
+
+    def speckled(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        density, albedo = solid_sphere(points)
+        stripes = 0.5 + 0.5 * torch.sin(points[..., :1] * 400.0)  # period ~0.016: varies over normal_eps
+        return density, albedo * stripes
+
+    noisy = render(speckled, cams, config, shading="diffuse", perturb=False)
+    assert noisy.albedo_variation.item() > 0.05
+    assert render(solid_sphere, cams, config, shading="albedo", perturb=False).albedo_variation is None

@@ -42,7 +42,7 @@ from att3d.training.distributed import DistInfo, any_rank, init_distributed, red
 from att3d.training.errors import TrainingDiverged, TrainingError
 from att3d.training.run_folder import latest_checkpoint, lock_run_folder
 from att3d.training.setup import setup_run
-from att3d.training.state import load_training_checkpoint
+from att3d.training.state import load_training_checkpoint, warm_start
 from att3d.training.step import forward_backward
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,9 @@ def _train(
     if resume and existing is not None:
         load_training_checkpoint(run, existing)
         logger.info("resumed from %s at step %d", existing, run.step)
+    elif config.init_from:
+        warm_start(run, config.init_from)
+        logger.info("weights from %s (a warm start: fresh optimizer and step)", config.init_from)
     elif resume:
         logger.info("no checkpoint in %s; starting from scratch", out_dir)
     run.model = wrap_ddp(run.field, info)

@@ -134,6 +134,29 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else path
 
 
+def warm_start(run: TrainRun, path: str | Path) -> None:
+    """Start the run's field from another run's weights (``init_from``): the same field config and text
+    encoder, any prompt set or rendering; the optimizer, RNG and step start fresh (a fine-tune, not a
+    resume)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise TrainingError(f"init_from: {err}") from None
+    diff = _first_difference(ckpt.config.get("field"), to_dict(run.config.model.field))
+    if diff is not None:
+        raise TrainingError(f"init_from: {path} has another field config (differs at 'model.field.{diff}')")
+    if ckpt.text_encoder != run.encoder_id:
+        raise TrainingError(
+            f"init_from: {path} was trained with text encoder {ckpt.text_encoder!r}, config gives "
+            f"{run.encoder_id!r}"
+        )
+    try:
+        check_weights_fit(run.config.model, ckpt.tensors, path)
+    except CheckpointError as err:
+        raise TrainingError(f"init_from: {err}") from None
+    run.field.load_state_dict({k: v.to(run.dist.device) for k, v in ckpt.tensors.items()})
+
+
 def load_training_checkpoint(run: TrainRun, path: Path) -> None:
     """Restore weights, Adam state, RNG states and the step from a checkpoint of this run."""
     ckpt = load_checkpoint(path)

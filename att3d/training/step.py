@@ -102,6 +102,8 @@ def forward_backward(run: TrainRun, step: int) -> StepOutput:
         o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
         entropy = -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()
         loss = loss + config.opacity_entropy_weight * entropy
+    if config.albedo_smoothness_weight > 0 and out.albedo_variation is not None:
+        loss = loss + config.albedo_smoothness_weight * out.albedo_variation
 
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -215,3 +215,37 @@ def test_resume_refuses_weights_the_config_does_not_describe(tmp_path):
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingError, match=r"cannot resume: .*'head\.mlp\.0\.weight' is \[3, 14\]"):
         run_train(tiny_config("steps=2", "prompts_per_step=1", "albedo_steps=10"), tmp_path, resume=True)
+
+
+def test_init_from_starts_a_new_prompt_set_from_another_runs_weights(tmp_path):
+    first = run_train(tiny_config("steps=1", "prompts_per_step=1", "albedo_steps=10"), tmp_path / "a")
+    source = first.checkpoint
+    warm = tiny_config(
+        "steps=1",
+        "prompts_per_step=1",
+        "albedo_steps=0",
+        "albedo_smoothness_weight=1.0",
+        "model.render.normals=forward",
+        "prompts.prompts=[a crimson box, a navy ball]",
+        f"init_from={source}",
+        "optim.grid_lr=0",
+        "optim.network_lr=0",
+    )
+    result = run_train(warm, tmp_path / "b")
+    assert result.status == "completed" and result.step == 1
+    # With zero learning rates the warm-started weights are the source's, under a new prompt set.
+    before, after = (
+        load_file(source / "model.safetensors"),
+        load_file(result.checkpoint / "model.safetensors"),
+    )
+    for name in before:
+        if not name.endswith(("_sn_u", "._u", "._v")):  # spectral norm's power iteration moves every step
+            torch.testing.assert_close(after[name], before[name], msg=name)
+    assert load_checkpoint(result.checkpoint).prompts == ["a crimson box", "a navy ball"]
+
+    with pytest.raises(
+        TrainingError, match=r"init_from: .* another field config \(differs at 'model.field.num_bases'\)"
+    ):
+        run_train(tiny_config("steps=1", "model.field.num_bases=2", f"init_from={source}"), tmp_path / "c")
+    with pytest.raises(TrainingError, match=r"init_from: .*nowhere"):
+        run_train(tiny_config("steps=1", f"init_from={tmp_path / 'nowhere'}"), tmp_path / "d")
