@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from att3d.config_validation import (
-    ConfigError,
+from att3d.config_loading import apply_overrides, from_dict, load_config, to_dict  # noqa: F401 (re-exported)
+from att3d.config_validation import (  # ConfigError is re-exported
+    ConfigError,  # noqa: F401
     Fraction,
     KeyProblem,
     NonNegativeInt,
@@ -28,12 +26,8 @@ from att3d.config_validation import (
     PositiveInt,
     PositiveNumber,
     config_dataclass,
-    validate,
 )
 from att3d.limits import DEFAULT_MAX_PROMPT_CHARS
-
-T = TypeVar("T")
-
 
 # --------------------------------------------------------------------------------------------------
 # Model
@@ -294,6 +288,22 @@ def _probabilities(probs: tuple[float, float, float]) -> tuple[float, float, flo
     return probs
 
 
+@config_dataclass("occupancy")
+class OccupancyConfig:
+    """Empty-space skipping in training renders (``att3d.training.occupancy``)."""
+
+    enabled: StrictBool = False
+    """Query the field only at samples in cells where some recent prompt showed density."""
+    resolution: Annotated[StrictInt, Field(ge=4, le=256)] = 32
+    """Cells per side of the grid over the scene box."""
+    update_every: PositiveInt = 16
+    """Steps between re-evaluations of every cell (with that step's prompts)."""
+    threshold: PositiveNumber = 0.2
+    """Density above which a cell is occupied (0.2 over a 1/16 sample interval is 1.2 % opacity)."""
+    decay: Fraction = 0.95
+    """A cell's remembered density is multiplied by this at each update before the new maximum."""
+
+
 @config_dataclass("")
 class TrainConfig:
     """One amortized SDS training run (``att3d train``); a one-prompt set is per-prompt DreamFusion."""
@@ -338,6 +348,8 @@ class TrainConfig:
     albedo_smoothness_weight: NonNegativeNumber = 0.0
     """Weight of the albedo change between a contributing sample and its normal probes (speckle), in
     shaded steps."""
+    occupancy: OccupancyConfig = dataclasses.field(default_factory=OccupancyConfig)
+    """Empty-space skipping (off by default)."""
     init_from: StrictStr = ""
     """Checkpoint folder whose weights start a new run (same model config; fresh optimizer and step)."""
     seed: StrictInt = 0
@@ -381,79 +393,3 @@ class TrainConfig:
                     f"not before steps={self.steps}",
                 )
         return self
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading, overrides, serialization
-# --------------------------------------------------------------------------------------------------
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples become lists) suitable for JSON/YAML."""
-    return _plain(dataclasses.asdict(config))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
-    """Build ``cls`` from nested plain data; unknown keys and bad values raise ``ConfigError``."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
-    return validate(cls, data, path)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Apply dotted-key overrides to nested plain data: ``a.b.c=value`` strings (values parsed as YAML
-    scalars/lists, as on the command line) or a mapping ``{"a.b.c": value}`` (values taken as they are,
-    as in a JSON job request)."""
-    result = _plain(data)
-    pairs = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
-    for key, value in pairs:
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
-    return result
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{item}' has an empty key")
-    try:
-        return key, yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML file (optional) plus command-line overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)

@@ -124,11 +124,14 @@ def render(
     perturb: bool = True,
     generator: torch.Generator | None = None,
     bound: float = 1.0,
+    sample_filter: Callable[[Tensor], Tensor] | None = None,
 ) -> RenderOutput:
     """Render ``len(cameras)`` images of ``num_prompts`` fields (cameras prompt-major).
 
     ``background``: ``[3]`` or ``[B, 3]`` colour(s) in [0, 1]; defaults to ``config.background``.
     ``bound``: half-size of the scene box the rays are sampled in (the field's ``bound``).
+    ``sample_filter``: ``points [P, M, 3] -> bool [P, M]``, the samples worth a field query (e.g. an
+    occupancy grid's occupied cells); the others count as empty (density 0).
     Without autograd (e.g. under ``torch.no_grad``) rays are processed in chunks of ``config.chunk_rays``.
     """
     if shading not in SHADING_MODES:
@@ -152,7 +155,14 @@ def render(
     light = to_prompt_major(light)
     chunk = rays[0].shape[1] if torch.is_grad_enabled() else max(1, config.chunk_rays // num_prompts)
     pieces = [
-        _render_rays(field_fn, *(r[:, i : i + chunk] for r in rays), light[:, i : i + chunk], shading, config)
+        _render_rays(
+            field_fn,
+            *(r[:, i : i + chunk] for r in rays),
+            light[:, i : i + chunk],
+            shading,
+            config,
+            sample_filter,
+        )
         for i in range(0, rays[0].shape[1], chunk)
     ]
     rgb, opacity, depth = (torch.cat([piece[i] for piece in pieces], dim=1) for i in range(3))
@@ -173,6 +183,27 @@ def render(
     )
 
 
+def _query_kept(
+    field_fn: FieldFn, points: Tensor, sample_filter: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Query the field only where ``sample_filter`` keeps a sample; elsewhere density and albedo are 0.
+
+    Each prompt's kept samples are gathered into one padded ``[P, M, 3]`` batch (``M``: the most any
+    prompt keeps; the padding holds real samples, so their values are exact too)."""
+    p, n, _ = points.shape
+    keep = sample_filter(points)
+    m = max(1, int(keep.sum(dim=1).max()))  # at least one query keeps the step differentiable
+    if m == n:
+        return field_fn(points)
+    order = torch.argsort(keep.to(torch.int8), dim=1, descending=True, stable=True)[:, :m]
+    density, albedo = field_fn(torch.gather(points, 1, order[..., None].expand(-1, -1, 3)))
+    full_density = torch.zeros(p, n, device=points.device, dtype=density.dtype).scatter(1, order, density)
+    full_albedo = torch.zeros(p, n, 3, device=points.device, dtype=albedo.dtype).scatter(
+        1, order[..., None].expand(-1, -1, 3), albedo
+    )
+    return full_density, full_albedo
+
+
 def _render_rays(
     field_fn: FieldFn,
     origins: Tensor,
@@ -182,12 +213,16 @@ def _render_rays(
     light: Tensor,
     shading: str,
     config: RenderConfig,
+    sample_filter: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Render rays ``[P, R, ...]``; returns premultiplied rgb ``[P, R, 3]``, opacity and depth ``[P, R]``
     and the albedo variation at the normal probes (``None`` without normals)."""
     p, r, s = t.shape
     points = origins[:, :, None, :] + dirs[:, :, None, :] * t[..., None]  # [P, R, S, 3]
-    density, albedo = field_fn(points.reshape(p, r * s, 3))
+    if sample_filter is None:
+        density, albedo = field_fn(points.reshape(p, r * s, 3))
+    else:
+        density, albedo = _query_kept(field_fn, points.reshape(p, r * s, 3), sample_filter)
     density = density.reshape(p, r, s)
     albedo = albedo.reshape(p, r, s, 3)
     if shading == "albedo":

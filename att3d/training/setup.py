@@ -22,6 +22,7 @@ from att3d.prompts import PromptSet, load_prompt_set
 from att3d.text import TextEncoder, get_text_encoder
 from att3d.training.conditioning import LevelMask, PromptBank, build_prompt_bank
 from att3d.training.distributed import DistInfo, shard_indices
+from att3d.training.occupancy import OccupancyGrid
 
 
 @dataclass
@@ -45,6 +46,8 @@ class TrainRun:
     torch_gen: torch.Generator
     """Tensor draws (on the CPU): cameras, ray jitter, timesteps and noise."""
     level_mask: LevelMask | None
+    occupancy: OccupancyGrid | None = None
+    """Empty-space skipping (``config.occupancy.enabled``)."""
     step: int = 0
 
 
@@ -146,6 +149,9 @@ def setup_run(
     if 0 < config.progressive_levels < config.model.field.encoding.levels:
         level_mask = LevelMask(field, config.progressive_levels, config.level_steps)
     host_rng, torch_gen = make_generators(config.seed, info.rank)
+    occupancy = None
+    if config.occupancy.enabled:
+        occupancy = OccupancyGrid(config.occupancy, config.model.field.bound, info.device)
     return TrainRun(
         config=config,
         out_dir=out_dir,
@@ -161,4 +167,5 @@ def setup_run(
         host_rng=host_rng,
         torch_gen=torch_gen,
         level_mask=level_mask,
+        occupancy=occupancy,
     )

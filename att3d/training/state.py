@@ -110,6 +110,8 @@ def save_training_checkpoint(run: TrainRun) -> Path | None:
             metadata,
         )
         tensors = optimizer_tensors(run)
+        if run.occupancy is not None:
+            tensors.update(run.occupancy.state())
         for rank, state in enumerate(states):
             for key, data in state.items():
                 tensors[f"rng.rank{rank}.{key}"] = _bytes_tensor(data)
@@ -179,6 +181,8 @@ def load_training_checkpoint(run: TrainRun, path: Path) -> None:
     run.field.load_state_dict({k: v.to(run.dist.device) for k, v in ckpt.tensors.items()})
     tensors = load_tensors(path / TRAIN_STATE_FILE)
     load_optimizer_tensors(run, {k: v for k, v in tensors.items() if k.startswith("optim.")})
+    if run.occupancy is not None:
+        run.occupancy.load_state(tensors)
     run.step = int(ckpt.metadata["step"])
     prefix = f"rng.rank{run.dist.rank}."
     state = {k[len(prefix) :]: v.numpy().tobytes() for k, v in tensors.items() if k.startswith(prefix)}

@@ -71,6 +71,21 @@ class StepOutput:
         }
 
 
+def update_occupancy(run: TrainRun, embeddings: Tensor) -> None:
+    """Re-evaluate the occupancy grid with this step's prompts (eval mode: no power-iteration update)."""
+    field = run.field
+    field.eval()
+    try:
+        run.occupancy.update(
+            lambda points: field(points, embeddings)[0],
+            len(embeddings),
+            run.torch_gen,
+            distributed=run.dist.distributed,
+        )
+    finally:
+        field.train()
+
+
 def forward_backward(run: TrainRun, step: int) -> StepOutput:
     """Draw prompts and cameras, render, SDS, backward. The optimizer step is the caller's."""
     config, device = run.config, run.dist.device
@@ -84,6 +99,8 @@ def forward_backward(run: TrainRun, step: int) -> StepOutput:
     if run.level_mask is not None:
         run.level_mask.set_step(step)
 
+    if run.occupancy is not None and step % config.occupancy.update_every == 0:
+        update_occupancy(run, embeddings)
     out = render(
         single_power_iteration(run.model, run.field, embeddings),
         cameras,
@@ -92,6 +109,7 @@ def forward_backward(run: TrainRun, step: int) -> StepOutput:
         shading=shading,
         generator=run.torch_gen,
         bound=config.model.field.bound,
+        sample_filter=run.occupancy.contains if run.occupancy is not None else None,
     )
     cond, uncond = prior_condition(run.bank, weights, cameras, v)
     sds = sds_loss(run.prior, out.rgb, cond, uncond, config.sds, step, generator=run.torch_gen)

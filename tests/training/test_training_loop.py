@@ -101,13 +101,19 @@ def test_sds_pulls_the_field_towards_the_prior_colour(tmp_path):
     assert last < 0.25 * first
 
 
-def test_cancel_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["occupancy.enabled=true", "occupancy.update_every=2", "occupancy.resolution=8"]],
+    ids=["plain", "occupancy-grid"],
+)
+def test_cancel_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, extra):
     config = tiny_config(
         "steps=4",
         "prompts_per_step=1",
         "interp_prob=0.5",
         "shading_probs=[0.0, 0.5, 0.5]",
         "model.render.image_size=8",  # exactness does not depend on size; normals make steps costly
+        *extra,
     )
     straight = run_train(config, tmp_path / "straight")
 
@@ -130,8 +136,9 @@ def test_cancel_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     sa = load_tensors(straight.checkpoint / TRAIN_STATE_FILE)
     sb = load_tensors(resumed.checkpoint / TRAIN_STATE_FILE)
     for name in sa:
-        if name.startswith("optim."):
+        if name.startswith(("optim.", "occupancy.")):
             assert torch.equal(sa[name], sb[name]), name
+    assert ("occupancy.values" in sa) == bool(extra)
     assert resumed.loss == straight.loss
 
 
