@@ -84,11 +84,15 @@ def threshold_from_metadata(metadata: Mapping[str, Any]) -> float:
 class FamiliarityIndex:
     """The training prompts and their unit embeddings; nearest-prompt queries by cosine similarity."""
 
-    def __init__(self, prompts: Sequence[str], embeddings: torch.Tensor) -> None:
+    def __init__(
+        self, prompts: Sequence[str], embeddings: torch.Tensor, device: str | torch.device = "cpu"
+    ) -> None:
         """
         Args:
             prompts: the training prompts (at least one).
             embeddings: ``[len(prompts), D]``, one row per prompt (normalized here).
+            device: where the matrix lives: the model's, so a query embedding needs no copy (on a GPU a
+                query against 10^4 prompts takes microseconds; on a CPU ~1-4 ms).
         """
         if len(prompts) == 0:
             raise ValueError("a familiarity index needs at least one training prompt")
@@ -98,7 +102,7 @@ class FamiliarityIndex:
                 f"got {list(embeddings.shape)}"
             )
         self.prompts = list(prompts)
-        self.matrix = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=1)
+        self.matrix = torch.nn.functional.normalize(embeddings.detach().float().to(device), dim=1)
 
     @property
     def dim(self) -> int:
@@ -111,7 +115,7 @@ class FamiliarityIndex:
         """
         if embedding.shape != (self.dim,):
             raise ValueError(f"embedding must be [{self.dim}], got {list(embedding.shape)}")
-        query = embedding.detach().float().cpu()
+        query = embedding.detach().float().to(self.matrix.device)
         norm = float(query.norm())
         if norm == 0.0:
             return 0.0, 0

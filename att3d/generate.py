@@ -191,7 +191,8 @@ class Generator:
         if index is None or index.prompts != self.prompts:
             if not self.prompts:
                 return None
-            index = FamiliarityIndex(self.prompts, training_embeddings(self.encoder, self.prompts))
+            embeddings = training_embeddings(self.encoder, self.prompts)
+            index = FamiliarityIndex(self.prompts, embeddings, device=self.device)
             self._familiarity = index
         return index
 
