@@ -4,7 +4,7 @@
 was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
 is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
 (``att3d.meshing.mesher`` picks the path; ``MeshConfig.grid_query=dense`` queries every sample) -> marching
-cubes.
+cubes. Each generation can report how familiar its prompt is to the model (``att3d.familiarity``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import ConfigError, MeshConfig, ModelConfig, from_dict, to_dict
+from att3d.familiarity import Familiarity, FamiliarityIndex, threshold_from_metadata, training_embeddings
 from att3d.field import AmortizedField, PromptField
 from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
@@ -47,6 +48,9 @@ class Generator:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Training metadata from the checkpoint manifest (step, run name, ...)."""
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    _familiarity: FamiliarityIndex | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     # ---- loading ---------------------------------------------------------------------------------
 
@@ -68,6 +72,10 @@ class Generator:
                 f"{path}: trained with text encoder {ckpt.text_encoder!r} but config.text.encoder "
                 f"{config.text.encoder!r} gives {encoder.id!r}"
             )
+        try:
+            threshold_from_metadata(ckpt.metadata)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: manifest {err}") from None
         model = AmortizedField(config.field)
         model.load_state_dict(ckpt.tensors)  # names, shapes and dtypes were checked above
         model.eval().to(device)
@@ -129,6 +137,10 @@ class Generator:
 
     def blend(self, prompts: list[str], weights: list[float]) -> Tensor:
         """The embedding ``sum_i w_i c_i`` of a convex combination of prompts ``[D]``."""
+        return self._mix(prompts, weights)
+
+    def _mix(self, prompts: list[str], weights: list[float]) -> Tensor:
+        # blend, shared with blend_familiarity: a wrapped blend (tests count its calls) sees no extra call.
         if len(prompts) < 1:
             raise ValueError("prompts: at least one prompt is needed")
         if len(weights) != len(prompts):
@@ -160,6 +172,43 @@ class Generator:
         """Prompt -> mesh."""
         return self.mesh(self.embed([prompt])[0], mesh_config)
 
+    def generate_with_familiarity(self, prompt: str, mesh_config: MeshConfig | None = None) -> Generation:
+        """Prompt -> mesh, with the prompt's familiarity (from the same embedding)."""
+        embedding = self.embed([prompt])[0]
+        return Generation(self.mesh(embedding, mesh_config), self.embedding_familiarity(embedding))
+
+    # ---- familiarity (att3d.familiarity) ---------------------------------------------------------
+
+    @property
+    def familiarity_threshold(self) -> float:
+        """The manifest's ``familiarity_threshold``, else ``att3d.familiarity.DEFAULT_THRESHOLD``."""
+        return threshold_from_metadata(self.metadata)
+
+    def familiarity_index(self) -> FamiliarityIndex | None:
+        """The training prompts' embeddings (built on first use, again if ``prompts`` changed); ``None``
+        for a model without training prompts (a seeded initialization), which has nothing to compare with."""
+        index = self._familiarity
+        if index is None or index.prompts != self.prompts:
+            if not self.prompts:
+                return None
+            embeddings = training_embeddings(self.encoder, self.prompts)
+            index = FamiliarityIndex(self.prompts, embeddings, device=self.device)
+            self._familiarity = index
+        return index
+
+    def embedding_familiarity(self, embedding: Tensor) -> Familiarity | None:
+        """Familiarity of an embedding ``[D]`` (a prompt's, or a blend's from :meth:`blend`)."""
+        index = self.familiarity_index()
+        return None if index is None else index.familiarity(embedding, self.familiarity_threshold)
+
+    def familiarity(self, prompt: str) -> Familiarity | None:
+        """Familiarity of ``prompt`` (its embedding comes from the encoder's cache once it was generated)."""
+        return self.embedding_familiarity(self.embed([prompt])[0])
+
+    def blend_familiarity(self, prompts: list[str], weights: list[float]) -> Familiarity | None:
+        """Familiarity of the blended embedding ``sum_i w_i c_i``."""
+        return self.embedding_familiarity(self._mix(prompts, weights))
+
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: name, hash, prompt count, training step, config."""
         return {
@@ -170,8 +219,18 @@ class Generator:
             # metadata is free-form JSON (not covered by a checksum): a step that is no integer counts as 0
             "training_steps": step if isinstance(step := self.metadata.get("step"), int) else 0,
             "parameters": sum(p.numel() for p in self.field.parameters()),
+            "familiarity_threshold": self.familiarity_threshold,
             "config": to_dict(self.config),
         }
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What :meth:`Generator.generate_with_familiarity` returns."""
+
+    mesh: trimesh.Trimesh
+    familiarity: Familiarity | None
+    """``None`` for a model without training prompts."""
 
 
 def check_weights_fit(config: ModelConfig, tensors: dict[str, Tensor], path: str | Path) -> None:

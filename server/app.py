@@ -102,6 +102,9 @@ def create_app(
                     "X-Model-Name",
                     "X-Generation-Ms",
                     "X-Cache",
+                    "X-Prompt-Familiarity",
+                    "X-Prompt-Familiar",
+                    "X-Prompt-Nearest",
                     "Retry-After",
                 ],
             )

@@ -48,6 +48,7 @@ from functools import partial
 from typing import Any
 
 from att3d.devices import resolve_device
+from att3d.familiarity import Familiarity
 from att3d.generate import Generator
 from server import mesh_spec
 from server.admission import Clock, CostModel, TooSlow, retry_after
@@ -262,7 +263,9 @@ class Engine:
             "parameters": info["parameters"],
             "default_resolution": min(generator.config.mesh.resolution, self.settings.max_resolution),
             "max_resolution": self.settings.max_resolution,
+            "familiarity_threshold": info["familiarity_threshold"],
         }
+        generator.familiarity_index()  # embed the training prompts now, not on the first request
         self._generators[name] = generator
         self._prompts = {**self._prompts, name: list(generator.prompts)}
         self._info = {**self._info, name: entry}
@@ -336,6 +339,7 @@ class Engine:
         started = time.perf_counter() - spent_s
         try:
             body, media_type = render()
+            familiarity = self._familiarity(task.spec)
         except Exception as err:
             error = classify_error(err)
             del err  # the traceback pins the frames' tensors; drop it before freeing memory
@@ -353,11 +357,17 @@ class Engine:
             model=task.spec.model,
             model_hash=self._generators[task.spec.model].model_hash,
             generation_ms=elapsed * 1000.0,
+            familiarity=familiarity,
         )
         self.cache.put(task.key, result)
         self.metrics.cache_bytes.set(self.cache.bytes)
         self.metrics.cache_entries.set(len(self.cache))
         self._work.finish(task, result=result)
+
+    def _familiarity(self, spec: MeshSpec) -> Familiarity | None:
+        """A single mesh's prompt or blend familiarity (its embeddings are cached by now); no frames'."""
+        generator = self._generators[spec.model]
+        return None if spec.frames else generator.blend_familiarity(list(spec.prompts), list(spec.walk[0]))
 
     def _mesh_bytes(self, task: _Task) -> tuple[bytes, str]:
         """``mesher="per_request"``: the response body of ``task`` from the model it names, stopped

@@ -6,6 +6,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from att3d.familiarity import Familiarity
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -17,6 +19,9 @@ class GenerationResult:
     model_hash: str
     generation_ms: float
     """Model-worker time spent producing ``body`` (the original time for a cached result)."""
+    familiarity: Familiarity | None = None
+    """How familiar the prompt (or blend) is to the model; ``None`` for a walk of frames or a model
+    without training prompts. Kept with the body, so a cached answer reports it too."""
 
 
 class ResultCache:

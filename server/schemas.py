@@ -219,6 +219,10 @@ class ModelInfo(BaseModel):
     """Whether requests without ``model`` use it."""
     default_resolution: int
     max_resolution: int
+    familiarity_threshold: float
+    """A prompt whose embedding's cosine similarity to the nearest training prompt is below this is
+    reported unfamiliar (``X-Prompt-Familiar: false``): the manifest's ``familiarity_threshold``, else
+    the uncalibrated default 0.6."""
 
 
 class ModelList(BaseModel):

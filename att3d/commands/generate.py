@@ -1,4 +1,5 @@
-"""``att3d generate PROMPT -o OUT``: one prompt -> one mesh file."""
+"""``att3d generate PROMPT -o OUT``: one prompt -> one mesh file (and a warning on stderr when the prompt is
+unfamiliar to the model: the mesh is written all the same)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,22 @@ def generate(
         start = time.perf_counter()
         generator = load_generator(checkpoint)
         loaded = time.perf_counter()
-        mesh = generator.generate(prompt, mesh_config(generator, resolution, texture))
+        generation = generator.generate_with_familiarity(prompt, mesh_config(generator, resolution, texture))
+        mesh = generation.mesh
         write_mesh_file(mesh, output)
         done = time.perf_counter()
         typer.echo(
             f"wrote {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces) "
             f"in {done - loaded:.2f} s (model load {loaded - start:.2f} s)"
         )
+        familiarity = generation.familiarity
+        if familiarity is not None and not familiarity.familiar:
+            typer.echo(unfamiliar_warning(prompt.strip(), familiarity), err=True)
+
+
+def unfamiliar_warning(prompt: str, familiarity) -> str:  # familiarity: att3d.familiarity.Familiarity
+    """The one-line warning for a prompt below the model's familiarity threshold."""
+    return (
+        f'warning: "{prompt}" is unfamiliar to this model (similarity {familiarity.similarity:.2f} to '
+        f'"{familiarity.nearest}"; threshold {familiarity.threshold:.2f}); the mesh may not match it'
+    )

@@ -1,15 +1,19 @@
 """``POST /v1/generate`` and ``POST /v1/interpolate``: mesh bytes, with ``ETag``, ``X-Model-Hash``,
-``X-Generation-Ms`` and ``X-Cache``; ``If-None-Match`` with a current ETag answers 304 without generating."""
+``X-Generation-Ms``, ``X-Cache`` and, for a single mesh, the prompt's familiarity (``X-Prompt-Familiarity``,
+``X-Prompt-Familiar``, ``X-Prompt-Nearest``); ``If-None-Match`` with a current ETag answers 304 without
+generating."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
+from att3d.familiarity import Familiarity
 from att3d.generate import interpolation_weights
 from server.deps import EngineDep, SettingsDep
 from server.engine import Engine
@@ -29,6 +33,20 @@ _MESH_RESPONSES: dict[int | str, dict[str, Any]] = {
             "X-Model-Hash": {"schema": {"type": "string"}, "description": "sha256 of the model's weights."},
             "X-Generation-Ms": {"schema": {"type": "string"}, "description": "Model-worker milliseconds."},
             "X-Cache": {"schema": {"type": "string"}, "description": "hit or miss."},
+            "X-Prompt-Familiarity": {
+                "schema": {"type": "string"},
+                "description": "Cosine similarity (3 decimals) of the prompt's (or blend's) text embedding "
+                "to the nearest training prompt's. Single meshes only.",
+            },
+            "X-Prompt-Familiar": {
+                "schema": {"type": "string", "enum": ["true", "false"]},
+                "description": "Whether that similarity reaches the model's `familiarity_threshold` "
+                "(GET /v1/models); `false`: the mesh may not match the prompt.",
+            },
+            "X-Prompt-Nearest": {
+                "schema": {"type": "string"},
+                "description": "The nearest training prompt, percent-encoded UTF-8.",
+            },
         },
     },
     304: {"description": "If-None-Match matched the current ETag: nothing was generated."},
@@ -167,4 +185,16 @@ def _headers(result: GenerationResult | None, etag: str, cache: str, model_hash:
     if result is not None:
         headers["X-Model-Name"] = result.model
         headers["X-Generation-Ms"] = f"{result.generation_ms:.1f}"
+        if result.familiarity is not None:
+            headers |= familiarity_headers(result.familiarity)
     return headers
+
+
+def familiarity_headers(familiarity: Familiarity) -> dict[str, str]:
+    """``X-Prompt-Familiarity`` (similarity, 3 decimals), ``X-Prompt-Familiar`` (``true``/``false``) and
+    ``X-Prompt-Nearest`` (percent-encoded: a prompt may hold characters a header cannot)."""
+    return {
+        "X-Prompt-Familiarity": f"{familiarity.similarity:.3f}",
+        "X-Prompt-Familiar": "true" if familiarity.familiar else "false",
+        "X-Prompt-Nearest": quote(familiarity.nearest, safe=""),
+    }
