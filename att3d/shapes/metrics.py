@@ -4,7 +4,8 @@
   iso-level) and the exact object.
 - :func:`mesh_iou`: the same for an extracted, watertight mesh (inside test by ray parity).
 - :func:`color_error`: albedo sampled on the true surface against the true colour, and whether the
-  nearest named colour of its mean is the right one.
+  nearest named colour of its mean is the right one. It reads the albedo even where the model put no
+  surface; ``att3d.shapes.surface_metrics`` scores colour (and Chamfer) on the model's own surface.
 
 - :func:`evaluate`: both scores averaged over a prompt set for an amortized field (the hook
   ``att3d.training.callbacks.default_evaluator`` calls on the held-out prompts).
