@@ -8,7 +8,8 @@ Reproducible from ``--seed``:
    (``CameraSamplingConfig``: distance, elevation, azimuth, light jitter), stored as uint8;
 3. the prior: clean-image-predicting UNet, random phrasing per sample, 12 % text dropout (zero vector),
    AdamW + EMA of the weights, bf16 autocast on CUDA, for ``--steps`` or ``--minutes``;
-4. the classifier on the same renders; its accuracy on fresh held-out renders (new cameras);
+4. the classifier on the same renders plus background images (``classifier_data.training_set``); its
+   accuracy on fresh held-out renders (new cameras);
 5. prior samples of every object at ``--eval-views`` held-out cameras: classifier accuracy (shape,
    colour, both) and silhouette IoU against the exact render from the same camera;
 6. writes ``--out``: the prior folder, ``classifier.*``, ``samples.png`` (each object: samples, then GT)
@@ -61,6 +62,7 @@ from att3d.shapes.classifier import (
     save_classifier,
     train_classifier,
 )
+from att3d.shapes.classifier_data import training_set
 from att3d.shapes.render import RenderedViews, render_dataset
 from att3d.shapes.splits import load_splits
 from att3d.shapes.world import ShapeObject
@@ -346,12 +348,11 @@ def main(argv: list[str] | None = None) -> dict:
         train, embeddings, phrasings, model_config, train_config, device, generator
     )
 
-    shapes, colors = object_labels([objects[i] for i in train.object_index.tolist()])
+    # GT renders plus "nothing there" images, as scripts/train_shapes_classifier.py (which retrains it alone).
+    images, shapes, colors = training_set(train, 1 / 7, torch.Generator().manual_seed(args.seed))
     classifier_config = ClassifierTrainConfig(steps=args.classifier_steps)
     t0 = time.monotonic()
-    classifier = train_classifier(
-        train.images, shapes, colors, classifier_config, device=device, seed=args.seed
-    )
+    classifier = train_classifier(images, shapes, colors, classifier_config, device=device, seed=args.seed)
     classifier_seconds = time.monotonic() - t0
     classifier = classifier.cpu()
     held_shapes, held_colors = object_labels([objects[i] for i in heldout.object_index.tolist()])

@@ -46,7 +46,7 @@ def eval_command(
         str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")
     ] = None,
 ) -> None:
-    """Score a generator against ShapesWorld ground truth: IoU, colour and R-precision per prompt."""
+    """Score a generator against ShapesWorld ground truth: IoU, Chamfer, surface colour, R-precision."""
     with user_errors():
         from att3d.shapes.eval_cases import read_cases, split_cases
         from att3d.shapes.evaluate import EvalSettings, eval_cameras, evaluate_generator, mean_scores
@@ -128,20 +128,24 @@ def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> Non
         ("object", "left"),
         ("split", "left"),
         ("IoU", "right"),
-        ("colour dist", "right"),
-        ("nearest colour", "left"),
+        ("Chamfer", "right"),
+        ("surface colour dist", "right"),
+        ("surface colour", "left"),
+        ("albedo std", "right"),
         ("R-prec", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in results:
-        mark = "" if row["color_correct"] else " ✗"
+        mark = "" if row["surface_color_right"] else " ✗"
         table.add_row(
             row["prompt"],
             f"{row['color']} {row['shape']}",
             row["split"],
             f"{row['iou']:.3f}",
-            f"{row['color_distance']:.3f}",
-            row["nearest_color"] + mark,
+            f"{row['chamfer']:.3f}",
+            f"{row['surface_color_distance']:.3f}",
+            (row["surface_color"] or "(no surface)") + mark,
+            f"{row['albedo_std']:.3f}",
             f"{row['r_precision']:.2f}",
         )
     summaries = [(f"mean ({name})", m) for name, m in means["splits"].items()]
@@ -152,8 +156,10 @@ def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> Non
             f"{m['cases']} cases",
             "",
             f"{m['iou']:.3f}",
-            f"{m['color_distance']:.3f}",
-            f"{m['color_accuracy']:.0%} right",
+            f"{m['chamfer']:.3f}",
+            f"{m['surface_color_distance']:.3f}",
+            f"{m['surface_color_accuracy']:.0%} right",
+            f"{m['albedo_std']:.3f}",
             f"{m['r_precision']:.2f}",
             end_section=i == len(summaries) - 1,
             style="bold" if i == len(summaries) - 1 else None,

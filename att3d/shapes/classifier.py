@@ -6,6 +6,11 @@ trained on ground-truth renders from the training camera distribution (random li
 mild noise and blur so the slightly soft renders of generated objects and prior samples are in
 distribution) and shipped beside the prior as ``classifier.safetensors`` + ``classifier.json``.
 
+The shape head has one class more than the world: :data:`BACKGROUND` ("nothing there"), trained on empty
+and near-empty images (``att3d.shapes.classifier_data``). Without it an empty white view had to be named
+as some object, so an empty scene could score. For a background image the colour head is not trained
+and its answer means nothing.
+
 :func:`r_precision` is the metric: the fraction of views of an object classified as the right
 (shape, colour).
 """
@@ -33,7 +38,15 @@ DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "sh
 WEIGHTS_FILE = "classifier.safetensors"
 SETTINGS_FILE = "classifier.json"
 FORMAT = "att3d-shapes-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the shape head has the :data:`BACKGROUND` class after the world's shapes."""
+
+BACKGROUND = "none"
+"""Shape class of an image with no object in it (an empty or near-empty scene)."""
+CLASSIFIER_SHAPES: tuple[str, ...] = (*SHAPE_NAMES, BACKGROUND)
+"""Classes of the shape head: the world's shapes, then :data:`BACKGROUND`."""
+IGNORE = -100
+"""Colour label of a background image: ignored by the colour loss and the colour accuracy."""
 
 
 @dataclass
@@ -46,8 +59,8 @@ class ClassifierConfig:
     """Conv channels per level; each level is conv 3×3 -> GroupNorm -> SiLU -> 2× average pooling."""
     hidden: int = 128
     """Width of the shared fully connected layer before the two heads."""
-    shape_names: tuple[str, ...] = SHAPE_NAMES
-    """Classes of the shape head, in output order."""
+    shape_names: tuple[str, ...] = CLASSIFIER_SHAPES
+    """Classes of the shape head, in output order (the world's shapes, then :data:`BACKGROUND`)."""
     color_names: tuple[str, ...] = COLOR_NAMES
     """Classes of the colour head, in output order."""
 
@@ -160,10 +173,10 @@ def load_classifier(folder: str | Path | None = None, device: torch.device | str
         shape_names=tuple(raw["shape_names"]),
         color_names=tuple(raw["color_names"]),
     )
-    if config.shape_names != SHAPE_NAMES or config.color_names != COLOR_NAMES:
+    if config.shape_names != CLASSIFIER_SHAPES or config.color_names != COLOR_NAMES:
         raise ValueError(
             f"{settings_path}: classifier classes {list(config.shape_names)} / {list(config.color_names)} "
-            f"differ from the world's {list(SHAPE_NAMES)} / {list(COLOR_NAMES)}; retrain it"
+            f"differ from the world's {list(CLASSIFIER_SHAPES)} / {list(COLOR_NAMES)}; retrain it"
         )
     model = ShapesClassifier(config)
     model.load_state_dict(load_file(weights_path))
@@ -189,7 +202,7 @@ def default_classifier(device: torch.device | str = "cpu") -> ShapesClassifier:
 def classify(
     images: Tensor, classifier: ShapesClassifier | None = None
 ) -> tuple[list[str], list[str], Tensor]:
-    """Name the shape and colour in each image.
+    """Name the shape and colour in each image (shape :data:`BACKGROUND` where there is no object).
 
     Args:
         images: ``[B, 3, H, W]`` in [0, 1] (any size; resized to the classifier's).
@@ -197,7 +210,8 @@ def classify(
 
     Returns:
         ``(shape_names, color_names, probs)``: the most likely shape and colour per image, and the joint
-        probabilities ``probs[b, s, c] = p(shape s) · p(colour c)`` ``[B, S, C]`` (the heads are independent).
+        probabilities ``probs[b, s, c] = p(shape s) · p(colour c)`` ``[B, S + 1, C]`` (the heads are
+        independent; the last shape is :data:`BACKGROUND`, whose colour means nothing).
     """
     model = classifier if classifier is not None else default_classifier(images.device)
     device = next(model.parameters()).device
@@ -209,7 +223,10 @@ def classify(
 
 
 def r_precision(images: Tensor, obj: ShapeObject, classifier: ShapesClassifier | None = None) -> float:
-    """Fraction of ``images`` (views of one object) classified as ``obj``'s (shape, colour)."""
+    """Fraction of ``images`` (views of one object) classified as ``obj``'s (shape, colour).
+
+    A view classified as :data:`BACKGROUND` is a miss (``obj.shape`` is never the background).
+    """
     if not isinstance(obj, ShapeObject):
         raise TypeError(f"obj must be a ShapeObject, got {type(obj).__name__}")
     shapes, colors, _ = classify(images, classifier)
@@ -223,16 +240,25 @@ def r_precision(images: Tensor, obj: ShapeObject, classifier: ShapesClassifier |
 def accuracy(
     model: ShapesClassifier, images: Tensor, shape_labels: Tensor, color_labels: Tensor, batch_size: int = 512
 ) -> dict[str, float]:
-    """``{"shape", "color", "both"}`` accuracies over a labelled set (``images`` float or uint8)."""
+    """``{"shape", "color", "both"}`` accuracies over a labelled set (``images`` float or uint8).
+
+    Images with colour label :data:`IGNORE` (background) count for ``shape`` and ``both`` (right when
+    named background) but not for ``color``.
+    """
     device = next(model.parameters()).device
-    correct = torch.zeros(3)
+    correct, colored = torch.zeros(3), 0
     for start in range(0, images.shape[0], batch_size):
         batch = _to_float(images[start : start + batch_size]).to(device)
         shape_logits, color_logits = model(batch)
+        labels = color_labels[start : start + batch_size]
+        has_color = labels != IGNORE
         s_ok = shape_logits.argmax(-1).cpu() == shape_labels[start : start + batch_size]
-        c_ok = color_logits.argmax(-1).cpu() == color_labels[start : start + batch_size]
-        correct += torch.stack([s_ok.sum(), c_ok.sum(), (s_ok & c_ok).sum()]).float()
-    values = (correct / max(1, images.shape[0])).tolist()
+        c_ok = (color_logits.argmax(-1).cpu() == labels) & has_color
+        both = s_ok & (c_ok | ~has_color)
+        correct += torch.stack([s_ok.sum(), c_ok.sum(), both.sum()]).float()
+        colored += int(has_color.sum())
+    total = max(1, images.shape[0])
+    values = [correct[0].item() / total, correct[1].item() / max(1, colored), correct[2].item() / total]
     return dict(zip(("shape", "color", "both"), values, strict=True))
 
 
@@ -270,7 +296,8 @@ def train_classifier(
 ) -> ShapesClassifier:
     """Fit a classifier on labelled renders (``images`` ``[N, 3, H, W]``, uint8 or float in [0, 1]).
 
-    Labels are class indices into ``SHAPE_NAMES`` / ``COLOR_NAMES``. Deterministic given ``seed``
+    Labels are class indices into the model's ``shape_names`` / ``color_names``; a background image has
+    the :data:`BACKGROUND` shape index and colour label :data:`IGNORE`. Deterministic given ``seed``
     on the CPU. Returns the model in eval mode without gradients.
     """
     from tqdm.auto import tqdm
@@ -290,9 +317,10 @@ def train_classifier(
         index = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
         batch = augment(_to_float(images[index]).to(device), config, generator)
         shape_logits, color_logits = model(batch)
-        loss = F.cross_entropy(shape_logits, shape_labels[index].to(device)) + F.cross_entropy(
-            color_logits, color_labels[index].to(device)
-        )
+        colors = color_labels[index].to(device)
+        loss = F.cross_entropy(shape_logits, shape_labels[index].to(device))
+        if (colors != IGNORE).any():  # an all-background batch has no colour to learn
+            loss = loss + F.cross_entropy(color_logits, colors, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -309,7 +337,10 @@ def object_labels(objects: Sequence[ShapeObject]) -> tuple[Tensor, Tensor]:
 
 
 __all__ = [
+    "BACKGROUND",
+    "CLASSIFIER_SHAPES",
     "DEFAULT_CLASSIFIER_DIR",
+    "IGNORE",
     "ClassifierConfig",
     "ClassifierTrainConfig",
     "ShapesClassifier",

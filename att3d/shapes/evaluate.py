@@ -2,13 +2,18 @@
 
 Each case is a prompt paired with the object it should produce (``att3d.shapes.eval_cases``; any
 phrasing can be scored against a named ground truth). Per case, the prompt's field is materialized once
-and scored three ways:
+and scored four ways:
 
 - ``iou``: volumetric IoU against the exact occupancy (``metrics.volumetric_iou``);
-- ``color_distance`` / ``nearest_color`` / ``color_correct``: albedo on the true surface
-  (``metrics.color_error``);
+- on the model's own surface (``surface_metrics``): ``chamfer`` to the exact surface,
+  ``surface_color_distance`` / ``surface_color`` / ``surface_color_right`` (a misplaced or missing
+  surface costs colour too), ``albedo_std`` (colour uniformity), ``surface_missing`` /
+  ``surface_misplaced``;
+- ``color_distance`` / ``nearest_color`` / ``color_correct``: the older colour score, albedo read on the
+  TRUE surface (``metrics.color_error``): blind to where the model put its surface, kept for comparison
+  with earlier figures;
 - ``r_precision``: the fraction of rendered views the bundled classifier labels as the object's
-  (shape, colour), the R-precision analogue of DESIGN.md §3.
+  (shape, colour), the R-precision analogue of DESIGN.md §3; a view named background is a miss.
 
 The renders for the classifier imitate its training data: 32×32 diffuse shading, white background,
 the light ``make_cameras`` gives (camera direction lifted towards +z, no jitter), at the middle of the
@@ -57,7 +62,7 @@ class EvalSettings:
     image_size: int = 32
     """Side of each rendered view in pixels (the classifier works at 32)."""
     n_points: int = 2048
-    """Points on the true surface where the albedo is compared with the true colour."""
+    """Points sampled on the true surface (both colour scores and Chamfer's true-to-model term)."""
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -76,12 +81,26 @@ class ObjectScores(TypedDict):
 
     iou: float
     """Volumetric IoU of ``density > threshold`` against the exact occupancy."""
+    chamfer: float
+    """Symmetric mean Chamfer distance from the model's surface to the exact one (world units)."""
+    surface_color_distance: float
+    """Two-way mean RGB distance on the model's surface; misplaced or missing surface counts √3."""
+    surface_color: str
+    """World colour nearest to the median albedo on the model's surface (``""`` if it has none)."""
+    surface_color_right: bool
+    """``surface_color`` is the object's and at most half the true surface is missing."""
+    albedo_std: float
+    """RGB standard deviation of the albedo over the model's surface."""
+    surface_missing: float
+    """Fraction of the true surface with no model surface within the tolerance."""
+    surface_misplaced: float
+    """Fraction of the model's surface farther than the tolerance from the true surface."""
     color_distance: float
-    """Mean RGB distance between the albedo on the true surface and the true colour."""
+    """Older score: mean RGB distance between the albedo on the TRUE surface and the true colour."""
     nearest_color: str
-    """World colour nearest to the mean surface albedo."""
+    """Older score: world colour nearest to the mean albedo on the true surface."""
     color_correct: bool
-    """``nearest_color`` is the object's colour."""
+    """Older score: ``nearest_color`` is the object's colour."""
     r_precision: float
     """Fraction of views the classifier labels as the object's (shape, colour)."""
     view_labels: list[str]
@@ -163,14 +182,17 @@ def score_query(
 
     from att3d.config import RenderConfig
     from att3d.shapes.classifier import classify
-    from att3d.shapes.metrics import DENSITY_THRESHOLD, color_error, volumetric_iou
+    from att3d.shapes.metrics import DENSITY_THRESHOLD, color_error
+    from att3d.shapes.surface_metrics import field_scores
 
     settings = settings or EvalSettings()
     threshold = DENSITY_THRESHOLD if threshold is None else threshold
     # The classifier only ever saw white backgrounds.
     render_config = dataclasses.replace(render_config or RenderConfig(), background=(1.0, 1.0, 1.0))
     with torch.no_grad():
-        iou = volumetric_iou(query, obj, settings.resolution, threshold, bound, device=device)
+        surface = field_scores(
+            query, obj, settings.resolution, threshold, bound, settings.n_points, device=device
+        )
         colour = color_error(query, obj, settings.n_points, device=device)
         cameras = eval_cameras(settings.views).to(device)
         images = render_query(query, cameras, render_config, settings.image_size, bound)
@@ -178,7 +200,14 @@ def score_query(
     # The R-precision of classifier.r_precision, computed from the labels it would recompute.
     hits = sum(s == obj.shape and c == obj.color for s, c in zip(shapes, colours, strict=True))
     return ObjectScores(
-        iou=float(iou),
+        iou=surface["iou"],
+        chamfer=surface["chamfer"],
+        surface_color_distance=surface["surface_color_distance"],
+        surface_color=surface["surface_color"],
+        surface_color_right=surface["surface_color_right"],
+        albedo_std=surface["albedo_std"],
+        surface_missing=surface["surface_missing"],
+        surface_misplaced=surface["surface_misplaced"],
         color_distance=float(colour["mean_rgb_distance"]),
         nearest_color=colour["nearest_color_name"],
         color_correct=bool(colour["correct"]),
@@ -261,22 +290,34 @@ def evaluate_generator(
     return results
 
 
-METRICS = ("iou", "color_distance", "color_accuracy", "r_precision")
-"""The averaged metrics (``color_accuracy`` is the mean of ``color_correct``)."""
+MEANS = {
+    "iou": "iou",
+    "chamfer": "chamfer",
+    "surface_color_distance": "surface_color_distance",
+    "surface_color_accuracy": "surface_color_right",
+    "albedo_std": "albedo_std",
+    "color_distance": "color_distance",
+    "color_accuracy": "color_correct",
+    "r_precision": "r_precision",
+}
+"""Each averaged metric and the per-case score it is the mean of (booleans count as 0 or 1)."""
+METRICS = tuple(MEANS)
+"""The averaged metrics."""
 
 
 def mean_scores(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{"overall": means, "splits": {split: means}}``; each ``means`` has :data:`METRICS` and ``cases``."""
+    """``{"overall": means, "splits": {split: means}}``; each ``means`` has ``cases`` and :data:`METRICS`.
+
+    A metric is averaged when every row has its score (rows from older reports may lack the surface ones).
+    """
 
     def means(rows: Sequence[dict[str, Any]]) -> dict[str, float | int]:
         count = len(rows)
-        return {
-            "cases": count,
-            "iou": sum(r["iou"] for r in rows) / count,
-            "color_distance": sum(r["color_distance"] for r in rows) / count,
-            "color_accuracy": sum(float(r["color_correct"]) for r in rows) / count,
-            "r_precision": sum(r["r_precision"] for r in rows) / count,
-        }
+        out: dict[str, float | int] = {"cases": count}
+        for name, key in MEANS.items():
+            if all(key in r for r in rows):
+                out[name] = sum(float(r[key]) for r in rows) / count
+        return out
 
     if not results:
         raise ValueError("no results to average")
@@ -287,6 +328,7 @@ def mean_scores(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = [
+    "MEANS",
     "METRICS",
     "EvalSettings",
     "ObjectScores",

@@ -4,7 +4,8 @@
   iso-level) and the exact object.
 - :func:`mesh_iou`: the same for an extracted, watertight mesh (inside test by ray parity).
 - :func:`color_error`: albedo sampled on the true surface against the true colour, and whether the
-  nearest named colour of its mean is the right one.
+  nearest named colour of its mean is the right one. It reads the albedo even where the model put no
+  surface; ``att3d.shapes.surface_metrics`` scores colour (and Chamfer) on the model's own surface.
 
 - :func:`evaluate`: both scores averaged over a prompt set for an amortized field (the hook
   ``att3d.training.callbacks.default_evaluator`` calls on the held-out prompts).
@@ -61,7 +62,7 @@ def occupancy_iou(predicted: Tensor | np.ndarray, truth: Tensor | np.ndarray) ->
     return 1.0 if union == 0 else (predicted & truth).sum().item() / union
 
 
-def _query(query_fn: QueryFn, points: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+def query_field(query_fn: QueryFn, points: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
     """Density ``[N]`` and albedo ``[N, 3]`` on CPU, queried ``chunk`` points at a time without autograd."""
     densities, albedos = [], []
     with torch.no_grad():
@@ -92,7 +93,7 @@ def volumetric_iou(
     ``query_fn(points [N, 3]) -> (density [N], albedo [N, 3])`` is called with points on ``device``.
     """
     points = grid_points(resolution, bound, device)
-    density, _ = _query(query_fn, points, chunk)
+    density, _ = query_field(query_fn, points, chunk)
     return occupancy_iou(density > threshold, obj.occupancy(points.cpu()))
 
 
@@ -207,7 +208,7 @@ def color_error(
 ) -> ColorError:
     """Albedo of the field on the object's true surface against the object's colour."""
     points = surface_points(obj, n_points, seed)
-    _, albedo = _query(query_fn, points.to(device), chunk)
+    _, albedo = query_field(query_fn, points.to(device), chunk)
     albedo = albedo.nan_to_num(0.0).clamp(0.0, 1.0)
     mean = albedo.mean(dim=0)
     name = nearest_color(mean)

@@ -10,6 +10,8 @@ import torch
 from att3d.cameras import sample_cameras
 from att3d.config import CameraSamplingConfig
 from att3d.shapes.classifier import (
+    BACKGROUND,
+    IGNORE,
     ClassifierConfig,
     ClassifierTrainConfig,
     ShapesClassifier,
@@ -22,7 +24,9 @@ from att3d.shapes.classifier import (
     save_classifier,
     train_classifier,
 )
-from att3d.shapes.render import render_objects
+from att3d.shapes.classifier_data import KINDS, background_images, training_set
+from att3d.shapes.evaluate import eval_cameras
+from att3d.shapes.render import render_dataset, render_objects
 from att3d.shapes.world import COLOR_NAMES, COLORS, SHAPE_NAMES, ShapeObject
 
 OBJECTS = [
@@ -48,7 +52,7 @@ def test_shipped_classifier_names_gt_renders(renders: torch.Tensor) -> None:
     shapes, colors, probs = classify(renders)
     assert shapes == [o.shape for o in OBJECTS for _ in range(VIEWS)]
     assert colors == [o.color for o in OBJECTS for _ in range(VIEWS)]
-    assert probs.shape == (len(renders), len(SHAPE_NAMES), len(COLOR_NAMES))
+    assert probs.shape == (len(renders), len(SHAPE_NAMES) + 1, len(COLOR_NAMES))  # + background
     torch.testing.assert_close(probs.sum(dim=(1, 2)), torch.ones(len(renders)))
 
 
@@ -60,6 +64,37 @@ def test_r_precision(renders: torch.Tensor) -> None:
     # Half the views of another object: exactly half right.
     mixed = torch.cat([renders[: VIEWS // 2], renders[VIEWS : VIEWS + VIEWS // 2]])
     assert r_precision(mixed, OBJECTS[0]) == 0.5
+
+
+def test_shipped_classifier_sees_nothing_in_empty_scenes(renders: torch.Tensor) -> None:
+    # An empty scene renders as the white background from every view: nothing there, every time.
+    assert classify(torch.ones(8, 3, 32, 32))[0] == [BACKGROUND] * 8
+    assert r_precision(torch.ones(8, 3, 32, 32), ShapeObject("pyramid", "gray")) == 0.0
+    # Fresh background images (faint hazes, ghosts, specks) too, nearly always.
+    negatives = background_images(renders, 60, torch.Generator().manual_seed(123))
+    assert classify(negatives)[0].count(BACKGROUND) >= 57
+
+
+def test_shipped_classifier_names_each_shape_from_the_eval_views() -> None:
+    # Wrong-shape scenes: each shape is named as itself from the evaluation's views, never as another.
+    cameras = eval_cameras(8)
+    for shape in SHAPE_NAMES:
+        assert classify(render_objects(ShapeObject(shape, "green"), cameras, 32))[0] == [shape] * 8
+
+
+def test_background_images_and_training_set() -> None:
+    views = render_dataset(OBJECTS[:2], 3, 16, seed=0)
+    extra = background_images(views.images, 7, torch.Generator().manual_seed(0))
+    assert extra.shape == (7, 3, 16, 16) and extra.min() >= 0 and extra.max() <= 1
+    # Empty ones are near-white; every kind is lighter on average than an object render.
+    assert (extra[:3].amin(dim=(1, 2, 3)) > 0.9).all()
+    assert extra.mean() > views.images.mean()
+    images, shapes, colors = training_set(views, 0.5, torch.Generator().manual_seed(0))
+    assert images.dtype == torch.uint8 and images.shape == (9, 3, 16, 16)
+    assert shapes.tolist() == [SHAPE_NAMES.index("cube")] * 3 + [SHAPE_NAMES.index("torus")] * 3 + [7] * 3
+    assert colors.tolist()[6:] == [IGNORE] * 3 and len(KINDS) == 3
+    with pytest.raises(ValueError, match="at least 3"):
+        background_images(views.images, 2, torch.Generator())
 
 
 def test_larger_renders_are_resized(renders: torch.Tensor) -> None:
@@ -101,8 +136,13 @@ def test_train_save_load_round_trip(tmp_path) -> None:
     loaded = load_classifier(tmp_path)
     torch.testing.assert_close(loaded(images[:8])[1], model(images[:8])[1])
     assert json.loads((tmp_path / "classifier.json").read_text())["metadata"] == {"note": "flat colours"}
-    # A classifier trained for another world (different classes) is refused.
+    # A classifier trained for another world (different classes) is refused, as is one without the
+    # background class (format 1).
     data = json.loads((tmp_path / "classifier.json").read_text())
+    old = dict(data, format_version=1)
+    (tmp_path / "classifier.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="not a att3d-shapes-classifier v2"):
+        load_classifier(tmp_path)
     data["config"]["color_names"] = ["red", "green"]
     (tmp_path / "classifier.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="differ from the world's"):
@@ -122,4 +162,19 @@ def test_missing_classifier_and_label_errors(tmp_path) -> None:
 def test_untrained_model_shapes() -> None:
     model = ShapesClassifier()
     shape_logits, color_logits = model(torch.rand(2, 3, 32, 32))
-    assert shape_logits.shape == (2, len(SHAPE_NAMES)) and color_logits.shape == (2, len(COLOR_NAMES))
+    assert shape_logits.shape == (2, len(SHAPE_NAMES) + 1) and color_logits.shape == (2, len(COLOR_NAMES))
+
+
+def test_accuracy_leaves_background_out_of_colour() -> None:
+    # Flat colour patches plus white images labelled background: colour is scored on the patches only.
+    g = torch.Generator().manual_seed(0)
+    colors = torch.randint(0, len(COLOR_NAMES), (192,), generator=g)
+    rgb = torch.tensor([COLORS[name].rgb for name in COLOR_NAMES])[colors]
+    images = torch.cat([rgb[:, :, None, None].expand(-1, 3, 16, 16), torch.ones(64, 3, 16, 16)])
+    shapes = torch.cat([torch.zeros(192, dtype=torch.long), torch.full((64,), len(SHAPE_NAMES))])
+    colors = torch.cat([colors, torch.full((64,), IGNORE)])
+    config = ClassifierConfig(image_size=16, channels=(8, 16), hidden=32)
+    train = ClassifierTrainConfig(steps=80, batch_size=32, lr=1e-2)
+    model = train_classifier(images, shapes, colors, train, config, progress=False)
+    assert accuracy(model, images, shapes, colors) == {"shape": 1.0, "color": 1.0, "both": 1.0}
+    assert classify(torch.ones(2, 3, 16, 16), model)[0] == [BACKGROUND] * 2

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from att3d.shapes.evaluate import EvalSettings, eval_cameras, mean_scores, reference_query, score_query
+from att3d.shapes.evaluate import (
+    METRICS,
+    EvalSettings,
+    eval_cameras,
+    mean_scores,
+    reference_query,
+    score_query,
+)
+from att3d.shapes.surface_metrics import MAX_CHAMFER_FACTOR, MAX_COLOR_DISTANCE
 from att3d.shapes.world import ShapeObject
 
 FAST = EvalSettings(resolution=32, views=4, n_points=256)
@@ -18,6 +27,41 @@ def test_ground_truth_scores_one(obj) -> None:
     assert scores["nearest_color"] == obj.color and scores["color_correct"] is True
     assert scores["r_precision"] == 1.0
     assert scores["view_labels"] == [f"{obj.color} {obj.shape}"] * FAST.views
+    # On the model's own surface: the same surface, the right colour, uniform.
+    assert scores["chamfer"] < 0.015  # the floor of point sampling at 32³
+    assert scores["surface_color_distance"] < 1e-5 and scores["albedo_std"] < 1e-5
+    assert scores["surface_color"] == obj.color and scores["surface_color_right"] is True
+    assert scores["surface_missing"] == 0.0 and scores["surface_misplaced"] == 0.0
+
+
+def test_empty_scene_scores_zero() -> None:
+    # Nothing there, with the right colour as albedo everywhere: no score may credit it.
+    obj = ShapeObject("pyramid", "gray")
+
+    def empty(points):
+        return torch.zeros(points.shape[0]), obj.rgb.expand(points.shape[0], 3)
+
+    scores = score_query(empty, obj, FAST)
+    assert scores["iou"] == 0.0
+    assert scores["r_precision"] == 0.0
+    assert all(label.endswith(" none") for label in scores["view_labels"])  # background on every view
+    assert scores["surface_color_right"] is False and scores["surface_color"] == ""
+    assert scores["surface_color_distance"] == MAX_COLOR_DISTANCE
+    assert scores["chamfer"] == MAX_CHAMFER_FACTOR
+    assert (
+        scores["color_correct"] is True
+    )  # the older true-surface score is fooled: why it is not the headline
+
+
+def test_wrong_shape_right_colour_scores_worse_on_colour() -> None:
+    # A red sphere where a red cube was asked for: the true-surface score sees only red (distance 0).
+    cube = ShapeObject("cube", "red")
+    right = score_query(reference_query(cube), cube, FAST)
+    wrong = score_query(reference_query(ShapeObject("sphere", "red")), cube, FAST)
+    assert wrong["color_distance"] < 1e-5  # today's method: perfect
+    assert wrong["surface_color_distance"] > 0.3 > right["surface_color_distance"] + 0.25
+    assert wrong["chamfer"] > 3 * right["chamfer"]
+    assert wrong["r_precision"] == 0.0
 
 
 def test_wrong_object_scores_low() -> None:
@@ -54,6 +98,10 @@ def test_mean_scores() -> None:
         return {
             "split": split,
             "iou": iou,
+            "chamfer": iou / 10,
+            "surface_color_distance": iou / 4,
+            "surface_color_right": not correct,
+            "albedo_std": iou / 5,
             "color_distance": iou / 2,
             "color_correct": correct,
             "r_precision": rp,
@@ -63,9 +111,45 @@ def test_mean_scores() -> None:
         [row("train", 0.2, True, 1.0), row("train", 0.4, False, 0.5), row("heldout", 0.9, True, 0.0)]
     )
     assert means["splits"]["train"] == pytest.approx(
-        {"cases": 2, "iou": 0.3, "color_distance": 0.15, "color_accuracy": 0.5, "r_precision": 0.75}
+        {
+            "cases": 2,
+            "iou": 0.3,
+            "chamfer": 0.03,
+            "surface_color_distance": 0.075,
+            "surface_color_accuracy": 0.5,
+            "albedo_std": 0.06,
+            "color_distance": 0.15,
+            "color_accuracy": 0.5,
+            "r_precision": 0.75,
+        }
     )
     assert means["splits"]["heldout"]["cases"] == 1
     assert means["overall"] == pytest.approx(
-        {"cases": 3, "iou": 0.5, "color_distance": 0.25, "color_accuracy": 2 / 3, "r_precision": 0.5}
+        {
+            "cases": 3,
+            "iou": 0.5,
+            "chamfer": 0.05,
+            "surface_color_distance": 0.125,
+            "surface_color_accuracy": 1 / 3,
+            "albedo_std": 0.1,
+            "color_distance": 0.25,
+            "color_accuracy": 2 / 3,
+            "r_precision": 0.5,
+        }
     )
+    assert set(means["overall"]) == {"cases", *METRICS}
+    # Rows of an older report (no surface scores): those means are left out, the rest stay.
+    old = [
+        {
+            k: v
+            for k, v in row("train", 0.2, True, 1.0).items()
+            if not k.startswith(("surface", "chamfer", "albedo"))
+        }
+    ]
+    assert set(mean_scores(old)["overall"]) == {
+        "cases",
+        "iou",
+        "color_distance",
+        "color_accuracy",
+        "r_precision",
+    }
