@@ -7,8 +7,8 @@ import json
 import pytest
 
 from att3d.shapes import splits as splits_module
-from att3d.shapes.splits import load_splits
 from att3d.shapes.language import COLOR_WORDS, SHAPE_WORDS, TEMPLATES
+from att3d.shapes.splits import load_splits
 from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, all_objects
 
 
