@@ -253,7 +253,7 @@ class WordingSplit:
                     raise ValueError(f"{name!r} keeps fewer than {MIN_TRAINING_WORDS} training words")
         if not self.train_words(ADJECTIVES) or not self.train_words(SCENES):
             raise ValueError("at least one adjective and one scene phrase must stay in training")
-        trained = {w for n in self.train_templates for w in _template_words(TEMPLATES[n])}
+        trained = {"an"} | {w for n in self.train_templates for w in _template_words(TEMPLATES[n])}
         trained |= {w for text in self.train_words((*ADJECTIVES, *SCENES)) for w in tokens(text)}
         for name in self.heldout_templates:
             if not set(_template_words(TEMPLATES[name])) - trained:
