@@ -239,7 +239,7 @@ class SDSConfig:
 
 
 ShapesSplit = Literal["train", "heldout", "all"]
-"""The ShapesWorld splits: trained on (``prompts.split``) and scored (``att3d eval --split``)."""
+"""ShapesWorld object splits: trained on (``prompts.split``), scored (``att3d eval --split``, + wordings)."""
 
 
 @config_dataclass("prompts")
@@ -262,6 +262,15 @@ class PromptSetConfig:
     """ShapesWorld split trained on: ``train`` (held out: ``heldout``), ``heldout`` or ``all``."""
     all_phrasings: StrictBool = False
     """ShapesWorld: every phrasing of each object instead of the canonical ``a red cube`` only."""
+    wordings: Annotated[StrictInt, Field(ge=0, le=10_000)] = 0
+    """ShapesWorld: training wordings per trained object from the language's training words and templates,
+    the prior conditioned on the canonical prompt (0: canonical prompts, or ``all_phrasings``)."""
+
+    @model_validator(mode="after")
+    def _wordings_need_shapes(self) -> PromptSetConfig:
+        if self.wordings and (self.source != "shapes" or self.all_phrasings):
+            raise KeyProblem("wordings", "needs source=shapes and all_phrasings=false")
+        return self
 
 
 @config_dataclass("optim")

@@ -8,7 +8,9 @@ Four sources, chosen by ``PromptSetConfig.source``:
 - ``template``: every combination of the ``slots`` values in ``template`` (``"a {color} {shape}"`` with
                 ``slots: {color: [red, blue], shape: [cube, cone]}``), slots varying in the order they
                 appear, the last fastest;
-- ``shapes``:   the ShapesWorld splits bundled with the package (``split``: ``train``, ``heldout``, ``all``).
+- ``shapes``:   the ShapesWorld splits bundled with the package (``split``: ``train``, ``heldout``, ``all``);
+                with ``wordings`` > 0 each trained object gets that many wordings of the prompt language
+                (training words and templates only) and the prior is conditioned on its canonical prompt.
 
 Every prompt goes through :func:`att3d.limits.validate_prompt`. An empty set, a missing file, a repeated
 prompt or a held-out prompt that is also trained on raise :class:`PromptSetError` naming the problem.
@@ -65,6 +67,7 @@ def load_prompt_set(
     """Build the prompt set described by ``config``; a template is refused before it is expanded when it
     describes more than ``max_prompts`` combinations (a few KiB of slots can describe 10^12)."""
     limit = {} if max_chars is None else {"max_chars": max_chars}
+    prior: list[str] | None = None
     if config.source == "list":
         train = _validated(config.prompts, "prompts.prompts", limit)
         heldout = _validated(config.heldout, "prompts.heldout", limit)
@@ -83,14 +86,16 @@ def load_prompt_set(
         held = set(heldout)
         train = [p for p in expanded if p not in held]
     else:  # "shapes" (PromptSetConfig admits only the four sources)
-        train, heldout = _shapes_prompts(config)
+        train, heldout, prior = _shapes_prompts(config)
 
     if not train:
         raise PromptSetError(f"prompt set is empty (prompts.source={config.source})")
     overlap = sorted(set(train) & set(heldout))
     if overlap:
         raise PromptSetError(f"prompt {overlap[0]!r} is both a training and a held-out prompt")
-    return PromptSet(train=tuple(train), heldout=tuple(heldout))
+    return PromptSet(
+        train=tuple(train), heldout=tuple(heldout), prior_prompts=None if prior is None else tuple(prior)
+    )
 
 
 def expand_template(
@@ -190,8 +195,10 @@ def _read_prompt_file(path: str, limit: dict[str, int]) -> list[str]:
     return result
 
 
-def _shapes_prompts(config: PromptSetConfig) -> tuple[list[str], list[str]]:
-    """ShapesWorld prompts for the configured split (imported here: only this source needs the world)."""
+def _shapes_prompts(config: PromptSetConfig) -> tuple[list[str], list[str], list[str] | None]:
+    """ShapesWorld prompts for the configured split, and the prior's prompt for each training prompt when
+    it is not the prompt itself (imported here: only this source needs the world)."""
+    from att3d.shapes.language import training_wordings
     from att3d.shapes.splits import load_splits
 
     if config.heldout:
@@ -211,10 +218,18 @@ def _shapes_prompts(config: PromptSetConfig) -> tuple[list[str], list[str]]:
             return [p for obj in objects for p in obj.prompts]
         return [obj.canonical_prompt for obj in objects]
 
-    return (
-        _validated(phrasings(train_objects), "shapes split", {}),
-        _validated(phrasings(heldout_objects), "shapes split", {}),
-    )
+    heldout = _validated(phrasings(heldout_objects), "shapes split", {})
+    if not config.wordings:
+        return _validated(phrasings(train_objects), "shapes split", {}), heldout, None
+    # Seed 0: the set is a function of (split file, wordings), so a resumed run finds the same prompts.
+    # Wordings of different objects never coincide (each parses to its own object).
+    worded = [
+        (text, obj.canonical_prompt)
+        for obj in train_objects
+        for text in training_wordings(obj, config.wordings, 0, splits.wording)
+    ]
+    train = _validated([text for text, _ in worded], "prompts.wordings", {})
+    return train, heldout, [canonical for _, canonical in worded]
 
 
 __all__ = ["PromptSet", "PromptSetError", "expand_template", "load_prompt_set"]

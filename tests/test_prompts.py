@@ -59,6 +59,38 @@ def test_shapes_splits_are_disjoint_and_canonical():
     assert set(prompts.train) <= set(phrased.train)
 
 
+def test_shapes_wordings_condition_the_prior_on_the_canonical_prompt():
+    from att3d.shapes.splits import load_splits
+    from att3d.shapes.world import parse_prompt
+
+    splits = load_splits()
+    prompts = load_prompt_set(PromptSetConfig(source="shapes", split="train", wordings=6))
+    assert len(prompts.train) == 6 * len(splits.train) == len(set(prompts.train))
+    assert prompts.train[0] == "an orange sphere" and prompts.train[6] == "a yellow sphere"
+    # Every wording's prior prompt is its own object's canonical prompt; held-out objects stay canonical.
+    assert [parse_prompt(p).canonical_prompt for p in prompts.train] == list(prompts.prior_text)
+    assert prompts.prior_text[:6] == ("an orange sphere",) * 6
+    assert prompts.heldout == tuple(o.canonical_prompt for o in splits.heldout)
+    assert prompts == load_prompt_set(PromptSetConfig(source="shapes", split="train", wordings=6))
+    canonical = load_prompt_set(PromptSetConfig(source="shapes", split="train"))
+    assert canonical.prior_prompts is None and set(canonical.train) < set(prompts.train)
+    everything = load_prompt_set(PromptSetConfig(source="shapes", split="all", wordings=2))
+    assert len(everything.train) == 2 * len(splits.prior) and everything.heldout == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"source": "list", "prompts": ["a"], "wordings": 3}, "prompts.wordings: needs source=shapes"),
+        ({"source": "shapes", "all_phrasings": True, "wordings": 3}, "and all_phrasings=false"),
+        ({"source": "shapes", "wordings": -1}, r"prompts\.wordings: must be in \[0, 10000\], got -1"),
+    ],
+)
+def test_bad_wordings_are_config_errors(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PromptSetConfig(**changes)
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -26,7 +26,12 @@ def eval_command(
     ] = None,
     split: Annotated[
         str | None,
-        typer.Option("--split", help="Score the canonical prompts of a split: train, heldout or all."),
+        typer.Option(
+            "--split",
+            help="Score the canonical prompts of a split (train, heldout, all), or held-out wordings"
+            " (words and templates never trained on) of the train objects (wording) or of the held-out"
+            " objects (heldout-wording).",
+        ),
     ] = None,
     cases: Annotated[
         Path | None,
@@ -36,7 +41,10 @@ def eval_command(
         Path | None, typer.Option("--json", help="Write per-case and mean metrics to this JSON file.")
     ] = None,
     all_phrasings: Annotated[
-        bool, typer.Option("--all-phrasings", help="With --split: every phrasing of each object.")
+        bool,
+        typer.Option(
+            "--all-phrasings", help="With --split train, heldout or all: every phrasing of each object."
+        ),
     ] = False,
     resolution: Annotated[int, typer.Option("--resolution", "-r", help="IoU grid side, 8-256.")] = 64,
     views: Annotated[int, typer.Option("--views", help="Rendered views per case for R-precision.")] = 8,
@@ -48,13 +56,13 @@ def eval_command(
 ) -> None:
     """Score a generator against ShapesWorld ground truth: IoU, Chamfer, surface colour, R-precision."""
     with user_errors():
-        from att3d.shapes.eval_cases import read_cases, split_cases
+        from att3d.shapes.eval_cases import SPLIT_CHOICES, read_cases, split_cases
         from att3d.shapes.evaluate import EvalSettings, eval_cameras, evaluate_generator, mean_scores
 
         # Validate everything before loading a model, so a bad input fails fast and writes nothing.
         settings = EvalSettings(resolution=resolution, views=views, image_size=image_size, n_points=points)
         if (split is None) == (cases is None):
-            raise UserError("give exactly one of --split (train, heldout, all) or --cases FILE.jsonl")
+            raise UserError(f"give exactly one of --split ({', '.join(SPLIT_CHOICES)}) or --cases FILE.jsonl")
         if cases is not None and all_phrasings:
             raise UserError("--all-phrasings applies to --split only (a case file lists its phrasings)")
         if json_out is not None and json_out.is_dir():

@@ -1,6 +1,7 @@
 """Evaluation cases: prompts paired with the ShapesWorld object each should produce.
 
-Cases come from a split of the bundled prompt splits (:func:`split_cases`) or from a case file
+Cases come from a split of the bundled prompt splits (:func:`split_cases`: an object split, or a wording
+split whose prompts use words and templates never trained on) or from a case file
 (:func:`read_cases`): JSON Lines, one ``{"prompt": ..., "shape": ..., "color": ...}`` object per line
 (blank lines are skipped). A bad line is reported as ``FILE:LINE: what`` and nothing is scored. Any
 phrasing can be scored against a named ground truth (``att3d.shapes.evaluate``).
@@ -20,8 +21,14 @@ if TYPE_CHECKING:
     from att3d.shapes.splits import Splits
     from att3d.shapes.world import ShapeObject
 
-SPLIT_CHOICES = typing.get_args(ShapesSplit)
-"""Values of ``--split``."""
+WORDING_SPLITS = ("wording", "heldout-wording")
+"""Wording splits: train (``wording``) or held-out (``heldout-wording``) objects, worded with held-out
+words or templates."""
+SPLIT_CHOICES = (*typing.get_args(ShapesSplit), *WORDING_SPLITS)
+"""Values of ``--split``: the object splits a generator trains on, then the wording splits."""
+WORDING_CASES_PER_OBJECT = 3
+"""Held-out wordings per object in a wording split (one held-out colour word, noun, template in turn)."""
+WORDING_SEED = 0
 CASE_KEYS = ("prompt", "shape", "color")
 """Keys of a case-file line (all required, no others)."""
 
@@ -35,7 +42,8 @@ class EvalCase:
     obj: ShapeObject
     """The ground truth it is scored against."""
     split: str
-    """``train`` or ``heldout`` by the bundled split file (``other`` if the object is in neither)."""
+    """``train`` or ``heldout`` by the bundled split file (``other`` if the object is in neither), or the
+    wording split's name for its cases."""
 
 
 class CaseFileError(ValueError):
@@ -54,14 +62,26 @@ def split_of(obj: ShapeObject, splits: Splits) -> str:
 def split_cases(split: str, all_phrasings: bool = False, splits: Splits | None = None) -> list[EvalCase]:
     """Cases for the objects of a split (``train``, ``heldout`` or ``all`` = both), train first.
 
-    Each object contributes its canonical prompt, or with ``all_phrasings`` every phrasing it has.
+    Each object contributes its canonical prompt, or with ``all_phrasings`` every phrasing it has. The
+    wording splits give each train (``wording``) or held-out (``heldout-wording``) object
+    ``WORDING_CASES_PER_OBJECT`` deterministic held-out wordings, labelled with the split's name.
     """
+    from att3d.shapes.language import heldout_wordings
     from att3d.shapes.splits import load_splits
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if split in WORDING_SPLITS and all_phrasings:
+        raise ValueError(f"all_phrasings applies to the object splits, not to {split!r}")
     splits = splits or load_splits()
     groups = {"train": splits.train, "heldout": splits.heldout}
+    if split in WORDING_SPLITS:
+        objects = splits.train if split == "wording" else splits.heldout
+        return [
+            EvalCase(prompt, obj, split)
+            for obj in objects
+            for prompt in heldout_wordings(obj, WORDING_CASES_PER_OBJECT, WORDING_SEED, splits.wording)
+        ]
     names = ("train", "heldout") if split == "all" else (split,)
     return [
         EvalCase(prompt, obj, name)
@@ -137,4 +157,13 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "a number")
 
 
-__all__ = ["CASE_KEYS", "SPLIT_CHOICES", "CaseFileError", "EvalCase", "read_cases", "split_cases", "split_of"]
+__all__ = [
+    "CASE_KEYS",
+    "SPLIT_CHOICES",
+    "WORDING_SPLITS",
+    "CaseFileError",
+    "EvalCase",
+    "read_cases",
+    "split_cases",
+    "split_of",
+]

@@ -1,5 +1,6 @@
 """ShapesWorld's versioned prompt splits: which objects the prior, the generator's training and the
-held-out evaluation see (``splits.json``, shipped beside this module)."""
+held-out evaluation see, and which wording (words and templates of ``att3d.shapes.language``) only
+evaluation uses (``splits.json``, shipped beside this module)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from att3d.shapes.language import WordingSplit
 from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, ShapeObject
 
-SPLITS_VERSION = 1
+SPLITS_VERSION = 2
 """Version of the split-file format (and of the split itself) this code reads."""
 
 
@@ -27,6 +29,8 @@ class Splits:
     """Objects the amortized generator trains on."""
     heldout: tuple[ShapeObject, ...]
     """Objects never shown to the generator, scored separately (unseen prompts)."""
+    wording: WordingSplit
+    """Words and templates of the prompt language kept out of training prompts (v2)."""
 
 
 def load_splits(path: str | Path | None = None) -> Splits:
@@ -34,7 +38,8 @@ def load_splits(path: str | Path | None = None) -> Splits:
 
     Raises ``ValueError`` naming the problem if the version is unsupported, the file's shape or
     colour lists differ from the world's, an entry is unknown or repeated, train and held-out
-    overlap, or they are not both inside the prior's set.
+    overlap, they are not both inside the prior's set, or the wording split names something outside the
+    language or leaves a colour or shape too few training words.
     """
     if path is None:
         source = resources.files("att3d.shapes").joinpath("splits.json")
@@ -62,7 +67,21 @@ def load_splits(path: str | Path | None = None) -> Splits:
     if outside:
         names = ", ".join(sorted(o.canonical_prompt for o in outside))
         raise ValueError(f"{where}: objects missing from 'prior': {names}")
-    return Splits(version=data["version"], **groups)
+    return Splits(version=data["version"], wording=_read_wording(data, where), **groups)
+
+
+def _read_wording(data: dict[str, Any], where: str) -> WordingSplit:
+    wording = data.get("wording")
+    keys = ("heldout_words", "heldout_templates")
+    if not isinstance(wording, dict) or set(wording) != set(keys):
+        raise ValueError(f"{where}: 'wording' must be an object with exactly the keys {', '.join(keys)}")
+    for key in keys:
+        if not isinstance(wording[key], list) or not all(isinstance(x, str) for x in wording[key]):
+            raise ValueError(f"{where}: wording.{key} must be a list of strings")
+    try:
+        return WordingSplit(tuple(wording["heldout_words"]), tuple(wording["heldout_templates"]))
+    except ValueError as err:
+        raise ValueError(f"{where}: wording: {err}") from None
 
 
 def _read_objects(data: dict[str, Any], key: str, where: str) -> tuple[ShapeObject, ...]:

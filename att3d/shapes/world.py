@@ -22,12 +22,13 @@ azimuth-averaged cylinder when the only non-symmetric shape was rarely distingui
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from att3d.shapes.language import parse_names, with_articles
 
 SdfFn = Callable[[Tensor], Tensor]
 
@@ -234,7 +235,7 @@ class Color:
     rgb: tuple[float, float, float]
     """Albedo in [0, 1]."""
     synonyms: tuple[str, ...] = ()
-    """Other words accepted for this colour in prompts."""
+    """Other names of the colour (all of them, and more, are words of ``att3d.shapes.language``)."""
 
 
 COLORS: dict[str, Color] = {
@@ -279,15 +280,9 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a {noun} in {color}",
     "a {color} colored {noun}",
 )
-"""Phrasings of a prompt; the first one, with the canonical noun, is the canonical prompt."""
-
-_FILLER_WORDS = frozenset({"a", "an", "the", "that", "is", "in", "colored", "coloured"})
-_VOWEL_ARTICLE = re.compile(r"\ba ([aeiou])")
-
-
-def _with_articles(text: str) -> str:
-    """``a orange cube`` -> ``an orange cube`` (all world words start with a vowel sound iff a vowel)."""
-    return _VOWEL_ARTICLE.sub(r"an \1", text)
+"""The phrasings the bundled prior was trained on (``ShapeObject.prompts``); the first one, with the canonical
+noun, is the canonical prompt. The whole prompt language (more words, templates, typos) is
+``att3d.shapes.language``."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +321,7 @@ class ShapeObject:
     @property
     def canonical_prompt(self) -> str:
         """``a red cube``: the one phrasing used for captions, caches and class names."""
-        return _with_articles(PROMPT_TEMPLATES[0].format(color=self.color, noun=self.shape))
+        return with_articles(PROMPT_TEMPLATES[0].format(color=self.color, noun=self.shape))
 
     @property
     def prompts(self) -> list[str]:
@@ -334,7 +329,7 @@ class ShapeObject:
         result = []
         for template in PROMPT_TEMPLATES:
             for noun in SHAPES[self.shape].nouns:
-                text = _with_articles(template.format(color=self.color, noun=noun))
+                text = with_articles(template.format(color=self.color, noun=noun))
                 if text not in result:
                     result.append(text)
         return result
@@ -355,33 +350,19 @@ def all_objects() -> list[ShapeObject]:
     return [ShapeObject(shape, color) for shape in SHAPE_NAMES for color in COLOR_NAMES]
 
 
-_NOUN_TO_SHAPE = {noun: s.name for s in SHAPES.values() for noun in s.nouns}
-_WORD_TO_COLOR = {word: c.name for c in COLORS.values() for word in (c.name, *c.synonyms)}
-
-
 def parse_prompt(text: str) -> ShapeObject | None:
     """The object a prompt names, or ``None`` if it is not a ShapesWorld prompt.
 
-    Accepts every phrasing of ``ShapeObject.prompts`` and colour synonyms (grey, violet, ...),
-    case-, punctuation- and hyphen-insensitively. The parse is strict: any word outside the world's
-    vocabulary, or two different shapes or colours, gives ``None`` rather than a guess, so this can
-    serve as an oracle for "which object does this prompt ask for".
+    Understands the whole prompt language (``att3d.shapes.language``: colour shades, everyday nouns,
+    templates, descriptive and scene words, known typos), case-, punctuation- and hyphen-insensitively.
+    The parse is strict: any word outside the language, or two different shapes or colours, gives
+    ``None`` rather than a guess, so this can serve as an oracle for "which object does this prompt ask
+    for".
     """
     if not isinstance(text, str):
         raise TypeError(f"prompt must be a string, got {type(text).__name__}")
-    words = re.sub(r"[-_]", " ", text.lower())
-    words = re.sub(r"[.,;:!?\"']", " ", words).split()
-    shapes, colors = set(), set()
-    for word in words:
-        if word in _NOUN_TO_SHAPE:
-            shapes.add(_NOUN_TO_SHAPE[word])
-        elif word in _WORD_TO_COLOR:
-            colors.add(_WORD_TO_COLOR[word])
-        elif word not in _FILLER_WORDS:
-            return None
-    if len(shapes) != 1 or len(colors) != 1:
-        return None
-    return ShapeObject(shapes.pop(), colors.pop())
+    names = parse_names(text)
+    return None if names is None else ShapeObject(*names)
 
 
 __all__ = [

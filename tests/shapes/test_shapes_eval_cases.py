@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from att3d.shapes.eval_cases import CaseFileError, read_cases, split_cases
+from att3d.shapes.language import tokens, training_wordings
 from att3d.shapes.splits import load_splits
-from att3d.shapes.world import ShapeObject
+from att3d.shapes.world import ShapeObject, parse_prompt
 
 
 def test_split_cases() -> None:
@@ -18,8 +19,34 @@ def test_split_cases() -> None:
     assert "a ball that is red" in [c.prompt for c in heldout]
     assert len(heldout) == sum(len(o.prompts) for o in splits.heldout)
     assert len(split_cases("all")) == len(splits.train) + len(splits.heldout)
-    with pytest.raises(ValueError, match="split must be one of train, heldout, all"):
+    with pytest.raises(
+        ValueError, match="split must be one of train, heldout, all, wording, heldout-wording"
+    ):
         split_cases("test")
+
+
+def test_wording_split_cases() -> None:
+    """Train objects in held-out wording: 3 per object, deterministic, each parsing to its object and
+    holding out (in turn) a colour word, a noun and a template that no training wording uses."""
+    splits = load_splits()
+    cases = split_cases("wording")
+    assert cases == split_cases("wording")
+    assert len(cases) == 3 * len(splits.train)
+    assert [c.obj for c in cases[::3]] == list(splits.train)
+    assert {c.split for c in cases} == {"wording"}
+    for case in cases:
+        assert parse_prompt(case.prompt) == case.obj, case.prompt
+    trained = {t for obj in splits.train for t in training_wordings(obj, 30, 0, splits.wording)}
+    assert not trained & {c.prompt for c in cases}
+    red_cube = [c.prompt.lower() for c in cases if c.obj == ShapeObject("cube", "red")]
+    assert {"ruby", "vermilion"} & set(tokens(red_cube[0]))  # a held-out colour word
+    assert {"dice", "crate"} & set(tokens(red_cube[1]))  # a held-out noun
+    assert {"photo", "colour", "image", "there"} & set(tokens(red_cube[2]))  # a held-out template
+    held = split_cases("heldout-wording")
+    assert [c.obj for c in held[::3]] == list(splits.heldout)
+    assert {c.split for c in held} == {"heldout-wording"}
+    with pytest.raises(ValueError, match="all_phrasings applies to the object splits, not to 'wording'"):
+        split_cases("wording", all_phrasings=True)
 
 
 def test_read_cases_labels_split(tmp_path) -> None:

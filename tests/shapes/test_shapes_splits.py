@@ -7,13 +7,14 @@ import json
 import pytest
 
 from att3d.shapes import splits as splits_module
+from att3d.shapes.language import COLOR_WORDS, SHAPE_WORDS, TEMPLATES
 from att3d.shapes.splits import load_splits
 from att3d.shapes.world import COLOR_NAMES, SHAPE_NAMES, all_objects
 
 
 def test_bundled_splits():
     splits = load_splits()
-    assert splits.version == 1
+    assert splits.version == 2
     everything = set(all_objects())
     assert set(splits.prior) == everything
     assert not set(splits.train) & set(splits.heldout)
@@ -25,6 +26,15 @@ def test_bundled_splits():
     assert len({o.color for o in splits.heldout}) == len(splits.heldout)
     data = json.loads((splits_module.resources.files("att3d.shapes") / "splits.json").read_text())
     assert data["shapes"] == list(SHAPE_NAMES) and data["colors"] == list(COLOR_NAMES)
+    # The wording split is the file's data: every colour and shape keeps training words and loses one.
+    wording = splits.wording
+    assert wording.heldout_words == tuple(data["wording"]["heldout_words"])
+    assert wording.heldout_templates == ("photo", "colour-of", "image", "there-is")
+    for words in (*COLOR_WORDS.values(), *SHAPE_WORDS.values()):
+        assert len(wording.train_words(words)) >= 2
+        assert len(wording.train_words(words)) < len(words), words
+    assert wording.train_words(SHAPE_WORDS["torus"]) == ("torus", "ring", "donut")
+    assert "plain" in wording.train_templates and len(wording.train_templates) == len(TEMPLATES) - 4
 
 
 def _write(tmp_path, **changes):
@@ -36,8 +46,8 @@ def _write(tmp_path, **changes):
 
 
 def test_load_splits_rejects_bad_files(tmp_path):
-    with pytest.raises(ValueError, match="unsupported split version 2, expected 1"):
-        load_splits(_write(tmp_path, version=2))
+    with pytest.raises(ValueError, match="unsupported split version 1, expected 2"):
+        load_splits(_write(tmp_path, version=1))
     with pytest.raises(ValueError, match=r"'colors' is .* but the world has"):
         load_splits(_write(tmp_path, colors=["red"]))
     with pytest.raises(ValueError, match="train and heldout overlap: a red cube"):
@@ -52,3 +62,37 @@ def test_load_splits_rejects_bad_files(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="invalid JSON"):
         load_splits(bad)
+
+
+@pytest.mark.parametrize(
+    ("wording", "message"),
+    [
+        (None, "'wording' must be an object with exactly the keys heldout_words, heldout_templates"),
+        ({"heldout_words": []}, "'wording' must be an object with exactly the keys"),
+        (
+            {"heldout_words": "ruby", "heldout_templates": []},
+            "wording.heldout_words must be a list of strings",
+        ),
+        ({"heldout_words": ["rubby"], "heldout_templates": []}, "wording: held-out word 'rubby' is not in"),
+        ({"heldout_words": [], "heldout_templates": ["selfie"]}, "held-out template 'selfie' is not in"),
+        ({"heldout_words": ["red"], "heldout_templates": []}, "'red' is canonical wording and cannot be"),
+        ({"heldout_words": [], "heldout_templates": ["plain"]}, "'plain' is canonical wording"),
+        ({"heldout_words": ["ruby", "ruby"], "heldout_templates": []}, "a held-out word is listed twice"),
+        (
+            {"heldout_words": ["crimson", "scarlet", "cherry", "ruby", "vermilion"], "heldout_templates": []},
+            "'red' keeps fewer than 2 training words",
+        ),
+        (
+            {"heldout_words": ["traffic cone", "spire", "party hat"], "heldout_templates": []},
+            "'cone' keeps fewer than 2 training words",
+        ),
+        (
+            {"heldout_words": [], "heldout_templates": ["the"]},
+            "held-out template 'the' has no word of its own",
+        ),
+    ],
+)
+def test_load_splits_rejects_bad_wording(tmp_path, wording, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_splits(_write(tmp_path, wording=wording))
+    assert str(info.value).startswith(f"{tmp_path / 'splits.json'}: ")
