@@ -1,7 +1,7 @@
 """Throughput of the pure-PyTorch hash-grid encoding (points/s), new code against the previous one.
 
     python scripts/bench_encoding.py [--points 262144] [--repeats 5] [--prompts 4] [--bases 16]
-                                     [--threads N]
+                                     [--few-points 8192] [--threads N]
 
 Three calls of the default ``EncodingConfig``, each timed with ``att3d.encoding.encode_levels`` and with
 ``reference_encode_levels`` (the implementation before issue #16) alternately in this process:
@@ -9,10 +9,11 @@ Three calls of the default ``EncodingConfig``, each timed with ``att3d.encoding.
 - ``query``: one grid (``F`` features per entry), no autograd, as meshing queries it;
 - ``train mixed``: ``--prompts`` grids stacked, tables requiring grad, forward and forward+backward: the
   training render call (many points per prompt, ``AmortizedField`` mixes the tables first);
-- ``train bases``: one table of ``--bases`` feature vectors per entry, forward+backward: the few-points
-  call (``AmortizedField`` interpolates the K bases, then mixes).
+- ``train bases``: one table of ``--bases`` feature vectors per entry, ``--few-points`` points,
+  forward+backward: the few-points call (``AmortizedField`` interpolates the K bases, then mixes).
 
 Prints the median and the best of the repeats (the best is steadier on a loaded machine).
+Times are wall time, or with ``--cpu-time`` the process's CPU time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from att3d.encoding import encode_levels, level_resolutions, level_table_sizes, 
 IMPLEMENTATIONS = {"new": encode_levels, "old": reference_encode_levels}
 
 
-def cases(points: int, prompts: int, bases: int) -> dict[str, tuple[Callable, bool]]:
+def cases(points: int, prompts: int, bases: int, few_points: int) -> dict[str, tuple[Callable, bool]]:
     """Name -> (call(encode) running one pass, whether it runs backward)."""
     config = EncodingConfig()
     resolutions, sizes = level_resolutions(config), level_table_sizes(config)
@@ -40,6 +41,7 @@ def cases(points: int, prompts: int, bases: int) -> dict[str, tuple[Callable, bo
     one = [torch.randn(s, f) for s in sizes]
     stacked = [torch.randn(prompts * s, f, requires_grad=True) for s in sizes]
     wide = [torch.randn(s, bases * f, requires_grad=True) for s in sizes]
+    few = x[:few_points]
 
     def query(encode):
         with torch.no_grad():
@@ -53,13 +55,13 @@ def cases(points: int, prompts: int, bases: int) -> dict[str, tuple[Callable, bo
         encode(stacked, x[: len(prompt)], resolutions, sizes, prompt).square().mean().backward()
 
     def bases_backward(encode):
-        encode(wide, x, resolutions, sizes).square().mean().backward()
+        encode(wide, few, resolutions, sizes).square().mean().backward()
 
     return {
         "query (forward)": (query, len(x)),
         f"train mixed, {prompts} prompts (forward)": (mixed_forward, len(prompt)),
         f"train mixed, {prompts} prompts (fwd+bwd)": (mixed_backward, len(prompt)),
-        f"train bases, K={bases} (fwd+bwd)": (bases_backward, len(x)),
+        f"train bases, K={bases} (fwd+bwd)": (bases_backward, len(few)),
     }
 
 
@@ -69,8 +71,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=4, help="stacked grids of the training call")
     parser.add_argument("--bases", type=int, default=16, help="K basis grids of the few-points call")
+    parser.add_argument(
+        "--few-points", type=int, default=8192, help="points of the K-bases call (used below T/8 per prompt)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the process's CPU time instead of wall time (steadier on a shared machine; with "
+        "--threads 1 it equals wall time on a quiet one)",
+    )
     args = parser.parse_args()
+    now = time.process_time if args.cpu_time else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     config = EncodingConfig()
@@ -79,14 +91,14 @@ def main() -> None:
         f"points={args.points} threads={torch.get_num_threads()}; M points/s, median (best) of {args.repeats}"
     )
     print(f"  {'call':<36}{'new':>16}{'old':>16}{'new/old':>9}")
-    for name, (run, points) in cases(args.points, args.prompts, args.bases).items():
+    for name, (run, points) in cases(args.points, args.prompts, args.bases, args.few_points).items():
         times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
         for repeat in range(args.repeats + 1):  # the first round warms up allocators
             for impl, encode in IMPLEMENTATIONS.items():
-                start = time.perf_counter()
+                start = now()
                 run(encode)
                 if repeat:
-                    times[impl].append(time.perf_counter() - start)
+                    times[impl].append(now() - start)
         rate = {impl: points / statistics.median(t) / 1e6 for impl, t in times.items()}
         best = {impl: points / min(t) / 1e6 for impl, t in times.items()}
         cells = "".join(f"{rate[impl]:>9.2f} ({best[impl]:.2f})" for impl in IMPLEMENTATIONS)

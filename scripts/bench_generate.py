@@ -9,7 +9,8 @@ coarse pass, fine query (of which the active-sample mask), colour query, marchin
 normals, and the rest (trimesh, GLB export, embedding lookup, grid mixing). Unless ``--no-reference``,
 every run is repeated in the same process with the implementations before issue #16
 (``att3d.encoding.reference_encode_levels``, the 8-gather active-sample mask and the out-of-place head)
-swapped in, alternating new and old so machine noise hits both alike.
+swapped in, alternating new and old so machine noise hits both alike. Times are wall time, or with
+``--cpu-time`` the process's CPU time.
 """
 
 from __future__ import annotations
@@ -49,19 +50,20 @@ class StageClock:
     """Exclusive wall time per stage of functions wrapped with :meth:`wrap` (a nested stage's time is
     not counted again in the stage that called it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now=time.perf_counter) -> None:
+        self.now = now
         self.times: dict[str, float] = collections.defaultdict(float)
         self._stack: list[list] = []
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        start = time.perf_counter()
+        start = self.now()
         self._stack.append([name, 0.0])
         try:
             yield
         finally:
             _, nested = self._stack.pop()
-            elapsed = time.perf_counter() - start
+            elapsed = self.now() - start
             self.times[name] += elapsed - nested
             if self._stack:
                 self._stack[-1][1] += elapsed
@@ -135,6 +137,12 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--prompt", default="a red cube")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the process's CPU time instead of wall time (steadier on a shared machine; with "
+        "--threads 1 it equals wall time on a quiet one)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="time the current code only")
     parser.add_argument(
         "--grid-query",
@@ -153,7 +161,7 @@ def main() -> None:
     )
     generator.embed([args.prompt])  # warm the text encoder and its cache
     print(f"grid query: {args.grid_query or generator.config.mesh.grid_query}")
-    clock = StageClock()
+    clock = StageClock(time.process_time if args.cpu_time else time.perf_counter)
     install_clock(clock)
     implementations = ["new"] if args.no_reference else ["new", "old"]
     for resolution in args.resolutions:
@@ -169,12 +177,12 @@ def main() -> None:
                 # The mask is built inside the fine query; its time is reported apart and added back.
                 clock.wrap(BlockRefinement, "samples", "  of which mask")
                 clock.times.clear()
-                start = time.perf_counter()
+                start = clock.now()
                 with clock.stage("trimesh, GLB, other"):
                     mesh = generator.generate(args.prompt, config)
                     size = len(mesh_to_bytes(mesh, "glb"))
                 if repeat:
-                    totals[name].append(time.perf_counter() - start)
+                    totals[name].append(clock.now() - start)
                     clock.times["fine query"] += clock.times["  of which mask"]
                     for stage in STAGES:
                         stages[name][stage].append(clock.times.get(stage, 0.0))
