@@ -35,7 +35,7 @@ class _TruncExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return torch.exp(x.clamp(max=15.0))
+        return x.clamp(max=15.0).exp_()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -67,8 +67,14 @@ class FieldHead(nn.Module):
 
     def forward(self, features: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         """``features [..., L*F]``, ``points [..., 3]`` -> density ``[...]``, albedo ``[..., 3]``."""
-        raw = self.mlp(features)
-        density_raw = raw[..., 0] + self.config.density_bias + self.blob(points)
+        # Without autograd the activations overwrite their inputs (same values, no fresh buffers); with
+        # it, SiLU's backward needs its input, so they stay out of place.
+        inplace = not torch.is_grad_enabled()
+        raw = features
+        for layer in self.mlp:
+            raw = F.silu(raw, inplace=True) if inplace and isinstance(layer, nn.SiLU) else layer(raw)
+        density_raw = raw[..., 0] + self.config.density_bias
+        density_raw = density_raw.add_(self.blob(points)) if inplace else density_raw + self.blob(points)
         if self.config.density_activation == "trunc_exp":
             density = trunc_exp(density_raw)
         else:

