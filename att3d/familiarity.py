@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from att3d.checkpoint import save_tensors_atomic
@@ -140,13 +140,49 @@ def prompt_set_key(encoder_id: str, prompts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps([encoder_id, list(prompts)]).encode("utf-8")).hexdigest()
 
 
-def training_embeddings(encoder: TextEncoder, prompts: Sequence[str]) -> torch.Tensor:
+PROMPT_EMBEDDINGS_FILE = "prompt_embeddings.safetensors"
+"""Optional file in a checkpoint folder: its training prompts' embeddings (float16), so a model trained on
+thousands of wordings is ready at load instead of after a minute of text encoding on a fresh machine."""
+
+
+def write_prompt_embeddings(checkpoint_dir: str | Path, encoder: TextEncoder, prompts: Sequence[str]) -> Path:
+    """Store ``prompts``' embeddings beside a checkpoint (float16; keyed by encoder and prompt set)."""
+    matrix = training_embeddings(encoder, prompts).to(torch.float16).contiguous()
+    path = Path(checkpoint_dir) / PROMPT_EMBEDDINGS_FILE
+    save_tensors_atomic(path, {"embeddings": matrix}, {"key": prompt_set_key(encoder.id, prompts)})
+    return path
+
+
+def _read_shipped(path: Path, encoder: TextEncoder, prompts: Sequence[str]) -> torch.Tensor | None:
+    """The shipped matrix if it is this encoder's embedding of exactly these prompts, else ``None``."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            key = (f.metadata() or {}).get("key")
+            matrix = f.get_tensor("embeddings")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    if key != prompt_set_key(encoder.id, prompts) or matrix.shape != (len(prompts), encoder.dim):
+        return None
+    return matrix.float()
+
+
+def training_embeddings(
+    encoder: TextEncoder, prompts: Sequence[str], shipped: str | Path | None = None
+) -> torch.Tensor:
     """Embeddings ``[N, D]`` of a model's training prompts.
 
-    With a caching encoder (one that has a ``cache_dir``, i.e. ``att3d.text.CachedEncoder``) the matrix is
-    kept in ``<cache_dir>/prompt-sets/<key>.safetensors``: a model trained on 10^4 wordings then loads it
-    from one file instead of 10^4. A missing or unreadable file is recomputed through the encoder.
+    ``shipped``: a checkpoint's :data:`PROMPT_EMBEDDINGS_FILE`, used when it matches the encoder and the
+    prompts (a stale or foreign file is ignored). Otherwise, with a caching encoder (one that has a
+    ``cache_dir``, i.e. ``att3d.text.CachedEncoder``) the matrix is kept in
+    ``<cache_dir>/prompt-sets/<key>.safetensors``: a model trained on 10^4 wordings then loads it from one
+    file instead of 10^4. A missing or unreadable file is recomputed through the encoder.
     """
+    if shipped is not None:
+        matrix = _read_shipped(Path(shipped), encoder, prompts)
+        if matrix is not None:
+            return matrix
     cache_dir = getattr(encoder, "cache_dir", None)
     path = None
     if cache_dir is not None:

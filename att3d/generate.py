@@ -21,7 +21,13 @@ from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from att3d.config import ConfigError, MeshConfig, ModelConfig, from_dict, to_dict
-from att3d.familiarity import Familiarity, FamiliarityIndex, threshold_from_metadata, training_embeddings
+from att3d.familiarity import (
+    PROMPT_EMBEDDINGS_FILE,
+    Familiarity,
+    FamiliarityIndex,
+    threshold_from_metadata,
+    training_embeddings,
+)
 from att3d.field import AmortizedField, PromptField
 from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
@@ -48,6 +54,8 @@ class Generator:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Training metadata from the checkpoint manifest (step, run name, ...)."""
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    folder: Path | None = None
+    """The checkpoint folder it was loaded from (``None`` for a seeded model)."""
     _familiarity: FamiliarityIndex | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
@@ -88,6 +96,7 @@ class Generator:
             prompts=list(ckpt.prompts),
             metadata=dict(ckpt.metadata),
             device=torch.device(device),
+            folder=Path(path),
         )
 
     @classmethod
@@ -191,7 +200,8 @@ class Generator:
         if index is None or index.prompts != self.prompts:
             if not self.prompts:
                 return None
-            embeddings = training_embeddings(self.encoder, self.prompts)
+            shipped = self.folder / PROMPT_EMBEDDINGS_FILE if self.folder is not None else None
+            embeddings = training_embeddings(self.encoder, self.prompts, shipped)
             index = FamiliarityIndex(self.prompts, embeddings, device=self.device)
             self._familiarity = index
         return index

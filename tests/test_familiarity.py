@@ -243,3 +243,25 @@ def test_calibration_computes_missing_similarities_with_the_model(calibration, t
     cases = [{"prompt": "a crimson cube", "iou": 0.9}, {"prompt": "a bluish ball", "iou": 0.2}]
     similarities = calibration.similarities_of(cases, path)
     assert similarities == [pytest.approx(0.8), pytest.approx(0.5)]
+
+
+def test_shipped_prompt_embeddings_are_used_only_for_their_own_prompt_set(tmp_path) -> None:
+    from att3d.familiarity import PROMPT_EMBEDDINGS_FILE, write_prompt_embeddings
+
+    prompts = [*TRAINING, "a crimson cube"]
+    path = write_prompt_embeddings(tmp_path, ToyEncoder(), prompts)
+    assert path == tmp_path / PROMPT_EMBEDDINGS_FILE
+    ToyEncoder.calls = 0
+    matrix = training_embeddings(ToyEncoder(), prompts, shipped=path)
+    assert ToyEncoder.calls == 0  # read, not encoded
+    torch.testing.assert_close(matrix, torch.stack([TOY[p] for p in prompts]), atol=1e-3, rtol=0)  # float16
+    # Another prompt set (or order) ignores the file and encodes.
+    other = list(reversed(prompts))
+    torch.testing.assert_close(
+        training_embeddings(ToyEncoder(), other, shipped=path), torch.stack([TOY[p] for p in other])
+    )
+    assert ToyEncoder.calls > 0
+    path.write_bytes(b"not safetensors")  # a damaged file is ignored too
+    torch.testing.assert_close(
+        training_embeddings(ToyEncoder(), prompts, shipped=path), torch.stack([TOY[p] for p in prompts])
+    )
