@@ -86,12 +86,27 @@ def _compile():
                 # Corner 4 i + 2 j + k steps i, j, k along x, y, z; its weight is (w_x w_y) w_z.
                 gxy, gxfy, fxgy, fxy = gx * gy, gx * fy, fx * gy, fx * fy
                 if dense[level]:
-                    rows = (x0 + y0 + z0, x0 + y0 + z1, x0 + y1 + z0, x0 + y1 + z1,
-                            x1 + y0 + z0, x1 + y0 + z1, x1 + y1 + z0, x1 + y1 + z1)
+                    rows = (
+                        x0 + y0 + z0,
+                        x0 + y0 + z1,
+                        x0 + y1 + z0,
+                        x0 + y1 + z1,
+                        x1 + y0 + z0,
+                        x1 + y0 + z1,
+                        x1 + y1 + z0,
+                        x1 + y1 + z1,
+                    )
                 else:
-                    rows = ((x0 ^ y0 ^ z0) & mask, (x0 ^ y0 ^ z1) & mask, (x0 ^ y1 ^ z0) & mask,
-                            (x0 ^ y1 ^ z1) & mask, (x1 ^ y0 ^ z0) & mask, (x1 ^ y0 ^ z1) & mask,
-                            (x1 ^ y1 ^ z0) & mask, (x1 ^ y1 ^ z1) & mask)
+                    rows = (
+                        (x0 ^ y0 ^ z0) & mask,
+                        (x0 ^ y0 ^ z1) & mask,
+                        (x0 ^ y1 ^ z0) & mask,
+                        (x0 ^ y1 ^ z1) & mask,
+                        (x1 ^ y0 ^ z0) & mask,
+                        (x1 ^ y0 ^ z1) & mask,
+                        (x1 ^ y1 ^ z0) & mask,
+                        (x1 ^ y1 ^ z1) & mask,
+                    )
                 corner(out, i, level, tables, base + rows[0], gxy * gz, True)
                 corner(out, i, level, tables, base + rows[1], gxy * fz, False)
                 corner(out, i, level, tables, base + rows[2], gxfy * gz, False)
@@ -115,7 +130,7 @@ def status() -> str | None:
             try:
                 kernel = _compile()
                 _run(kernel, *_example())
-            except Exception as error:  # noqa: BLE001 - any failure means: use the PyTorch path
+            except Exception as error:  # any failure means: use the PyTorch path
                 _status = f"the numba hash-grid kernel is unavailable ({type(error).__name__}: {error})"
                 log.warning("%s; using the PyTorch encoding", _status)
             else:

@@ -222,5 +222,6 @@ def main() -> None:
             speedup = statistics.median(totals[name]) / statistics.median(totals[first])
             print(f"  {name}/{first} total {speedup:.2f}x; meshes identical: {bool(same)}")
 
+
 if __name__ == "__main__":
     main()
