@@ -11,8 +11,8 @@ normals, and the rest (trimesh, GLB export, embedding lookup, grid mixing). Ever
 same process for each of ``--implementations``, alternating so machine noise hits all alike: ``kernel``
 (the grid lookup in ``att3d.hashgrid_cpu``'s numba kernel), ``torch`` (the PyTorch lookup) and ``old``
 (the implementations before issue #16: ``att3d.encoding.reference_encode_levels``, the 8-gather
-active-sample mask and the out-of-place head). Times are wall time, or with ``--cpu-time`` the process's
-CPU time.
+active-sample mask, the out-of-place head, the union-find floater search and the copy-and-transform
+``y_up``). Times are wall time, or with ``--cpu-time`` the process's CPU time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from att3d import encoding
 from att3d.config import GridQuery
 from att3d.field import FieldHead, trunc_exp
 from att3d.generate import Generator
-from att3d.meshing import coarse_to_fine, query
+from att3d.meshing import coarse_to_fine, components, export, query
 from att3d.meshing.export import mesh_to_bytes
 from att3d.meshing.grid import BlockRefinement
 
@@ -100,20 +100,35 @@ def out_of_place_head(self: FieldHead, features: torch.Tensor, points: torch.Ten
     return density, torch.sigmoid(raw[..., 1:])
 
 
-# name: (encoding, active-sample mask, head, BatchFieldQuery implementation)
+def copy_and_turn(mesh):
+    """``export.y_up`` before issue #16's second pass: copy, transform, normals recomputed on export."""
+    turned = mesh.copy()
+    turned.apply_transform(export.Y_UP_FROM_Z_UP)
+    return turned
+
+
+NEW = (encoding.encode_levels, BlockRefinement.samples, FieldHead.forward)
+NEW_HOST = (components._host_labels, export.y_up)
+# name: (encoding, active-sample mask, head), BatchFieldQuery implementation, (floater labels, y_up)
 IMPLEMENTATIONS = {
-    "kernel": (encoding.encode_levels, BlockRefinement.samples, FieldHead.forward, "numba"),
-    "torch": (encoding.encode_levels, BlockRefinement.samples, FieldHead.forward, "torch"),
-    "old": (encoding.reference_encode_levels, eight_gather_samples, out_of_place_head, "torch"),
+    "kernel": (NEW, "numba", NEW_HOST),
+    "torch": (NEW, "torch", NEW_HOST),
+    "old": (
+        (encoding.reference_encode_levels, eight_gather_samples, out_of_place_head),
+        "torch",
+        (components.component_labels, copy_and_turn),
+    ),
 }
 
 
 def use(implementation: str) -> None:
-    encode, samples, head, backend = IMPLEMENTATIONS[implementation]
+    (encode, samples, head), backend, (labels, turn) = IMPLEMENTATIONS[implementation]
     encoding.encode_levels = encode
     BlockRefinement.samples = samples
     FieldHead.forward = head
     coarse_to_fine.BatchFieldQuery = functools.partial(query.BatchFieldQuery, implementation=backend)
+    components._host_labels = labels
+    export.y_up = turn
 
 
 def install_clock(clock: StageClock) -> None:
