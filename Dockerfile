@@ -54,7 +54,13 @@ USER att3d
 ENV ATT3D_DEVICE=cuda \
     ATT3D_DATA_DIR=/data \
     ATT3D_CACHE=/data/cache \
-    TORCH_EXTENSIONS_DIR=/data/torch_extensions
+    TORCH_EXTENSIONS_DIR=/data/torch_extensions \
+    NUMBA_CACHE_DIR=/data/numba_cache
+# glibc malloc for meshing (issue #16, att3d/malloc_tuning.py, which sets the same at start-up): keep
+# large blocks and the freed heap top mapped instead of faulting them in again on every request.
+ENV MALLOC_MMAP_THRESHOLD_=33554432 \
+    MALLOC_TRIM_THRESHOLD_=1073741824 \
+    MALLOC_TOP_PAD_=268435456
 VOLUME ["/data"]
 EXPOSE 8000
 

@@ -1,16 +1,18 @@
 """CPU time of prompt -> GLB with the bundled model, per stage, new code against the previous one.
 
     python scripts/bench_generate.py [--resolutions 64 128] [--repeats 5] [--checkpoint DIR]
-                                     [--grid-query coarse_to_fine|dense] [--no-reference] [--threads N]
+                                     [--grid-query coarse_to_fine|dense] [--threads N] [--cpu-time]
+                                     [--implementations kernel torch old]
 
 Times ``Generator.generate`` + GLB serialization (median of N runs, model loaded once, the text embedding
 cached after the first call as in the service) and, on the coarse-to-fine path, splits it into stages:
 coarse pass, fine query (of which the active-sample mask), colour query, marching cubes, floaters and
-normals, and the rest (trimesh, GLB export, embedding lookup, grid mixing). Unless ``--no-reference``,
-every run is repeated in the same process with the implementations before issue #16
-(``att3d.encoding.reference_encode_levels``, the 8-gather active-sample mask and the out-of-place head)
-swapped in, alternating new and old so machine noise hits both alike. Times are wall time, or with
-``--cpu-time`` the process's CPU time.
+normals, and the rest (trimesh, GLB export, embedding lookup, grid mixing). Every run is repeated in the
+same process for each of ``--implementations``, alternating so machine noise hits all alike: ``kernel``
+(the grid lookup in ``att3d.hashgrid_cpu``'s numba kernel), ``torch`` (the PyTorch lookup) and ``old``
+(the implementations before issue #16: ``att3d.encoding.reference_encode_levels``, the 8-gather
+active-sample mask, the out-of-place head, the union-find floater search and the copy-and-transform
+``y_up``). Times are wall time, or with ``--cpu-time`` the process's CPU time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import statistics
 import time
 import typing
@@ -31,7 +34,7 @@ from att3d import encoding
 from att3d.config import GridQuery
 from att3d.field import FieldHead, trunc_exp
 from att3d.generate import Generator
-from att3d.meshing import coarse_to_fine
+from att3d.meshing import coarse_to_fine, components, export, query
 from att3d.meshing.export import mesh_to_bytes
 from att3d.meshing.grid import BlockRefinement
 
@@ -97,17 +100,35 @@ def out_of_place_head(self: FieldHead, features: torch.Tensor, points: torch.Ten
     return density, torch.sigmoid(raw[..., 1:])
 
 
+def copy_and_turn(mesh):
+    """``export.y_up`` before issue #16's second pass: copy, transform, normals recomputed on export."""
+    turned = mesh.copy()
+    turned.apply_transform(export.Y_UP_FROM_Z_UP)
+    return turned
+
+
+NEW = (encoding.encode_levels, BlockRefinement.samples, FieldHead.forward)
+NEW_HOST = (components._host_labels, export.y_up)
+# name: (encoding, active-sample mask, head), BatchFieldQuery implementation, (floater labels, y_up)
 IMPLEMENTATIONS = {
-    "new": (encoding.encode_levels, BlockRefinement.samples, FieldHead.forward),
-    "old": (encoding.reference_encode_levels, eight_gather_samples, out_of_place_head),
+    "kernel": (NEW, "numba", NEW_HOST),
+    "torch": (NEW, "torch", NEW_HOST),
+    "old": (
+        (encoding.reference_encode_levels, eight_gather_samples, out_of_place_head),
+        "torch",
+        (components.component_labels, copy_and_turn),
+    ),
 }
 
 
 def use(implementation: str) -> None:
-    encode, samples, head = IMPLEMENTATIONS[implementation]
+    (encode, samples, head), backend, (labels, turn) = IMPLEMENTATIONS[implementation]
     encoding.encode_levels = encode
     BlockRefinement.samples = samples
     FieldHead.forward = head
+    coarse_to_fine.BatchFieldQuery = functools.partial(query.BatchFieldQuery, implementation=backend)
+    components._host_labels = labels
+    export.y_up = turn
 
 
 def install_clock(clock: StageClock) -> None:
@@ -143,7 +164,13 @@ def main() -> None:
         help="time the process's CPU time instead of wall time (steadier on a shared machine; with "
         "--threads 1 it equals wall time on a quiet one)",
     )
-    parser.add_argument("--no-reference", action="store_true", help="time the current code only")
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        choices=list(IMPLEMENTATIONS),
+        default=list(IMPLEMENTATIONS),
+        help="variants to alternate: kernel (numba grid lookup), torch (PyTorch lookup), old (before #16)",
+    )
     parser.add_argument(
         "--grid-query",
         choices=typing.get_args(GridQuery),
@@ -163,7 +190,7 @@ def main() -> None:
     print(f"grid query: {args.grid_query or generator.config.mesh.grid_query}")
     clock = StageClock(time.process_time if args.cpu_time else time.perf_counter)
     install_clock(clock)
-    implementations = ["new"] if args.no_reference else ["new", "old"]
+    implementations = args.implementations
     for resolution in args.resolutions:
         config = dataclasses.replace(generator.config.mesh, resolution=resolution)
         if args.grid_query:
@@ -196,15 +223,19 @@ def main() -> None:
             print(f"  {stage:<20}{row}")
         row = "".join(f"{statistics.median(totals[name]) * 1000:>9.0f}" for name in implementations)
         print(f"  {'total':<20}{row}")
-        mesh, size = meshes["new"]
+        first = implementations[0]
+        mesh, size = meshes[first]
         print(f"  GLB {size / 1024:.0f} KiB, {len(mesh.vertices)} vertices, {len(mesh.faces)} faces")
-        if "old" in meshes:
-            old = meshes["old"][0]
-            same = (mesh.vertices.shape == old.vertices.shape and (mesh.vertices == old.vertices).all()) and (
-                mesh.faces.shape == old.faces.shape and (mesh.faces == old.faces).all()
+        for name in implementations[1:]:
+            other = meshes[name][0]
+            same = (
+                mesh.vertices.shape == other.vertices.shape
+                and (mesh.vertices == other.vertices).all()
+                and mesh.faces.shape == other.faces.shape
+                and (mesh.faces == other.faces).all()
             )
-            speedup = statistics.median(totals["old"]) / statistics.median(totals["new"])
-            print(f"  old/new total {speedup:.2f}x; meshes identical: {bool(same)}")
+            speedup = statistics.median(totals[name]) / statistics.median(totals[first])
+            print(f"  {name}/{first} total {speedup:.2f}x; meshes identical: {bool(same)}")
 
 
 if __name__ == "__main__":

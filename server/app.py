@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware import Middleware
 
+from att3d import malloc_tuning
 from att3d.devices import resolve_device
 from att3d.generate import Generator
 from server.engine import Engine, ModelSource
@@ -61,6 +62,7 @@ def create_app(
     settings: ServerSettings | None = None, models: Mapping[str, ModelSource] | None = None
 ) -> FastAPI:
     """The service. ``models`` maps names to generators or loaders (default: the bundled model)."""
+    malloc_tuning.tune()  # glibc malloc settings for meshing (att3d.malloc_tuning); idempotent
     settings = settings or ServerSettings.from_env()
     if models is None:
         device = settings.device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typer
 
+from att3d import malloc_tuning
 from att3d.commands.eval import eval_command
 from att3d.commands.generate import generate
 from att3d.commands.info import info
@@ -37,6 +38,7 @@ app.command(name="eval")(eval_command)
 
 def main() -> None:
     """Entry point of the ``att3d`` script, ``python -m att3d`` and ``torchrun -m att3d train ...``."""
+    malloc_tuning.tune()  # before any large allocation (glibc only; see att3d.malloc_tuning)
     app(prog_name="att3d")
 
 

@@ -8,6 +8,8 @@ largest one goes. :func:`drop_small_components` applies it to a host mesh (trime
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 import torch
 import trimesh
 from torch import Tensor
@@ -52,12 +54,26 @@ def component_labels(faces: Tensor, num_vertices: int) -> Tensor:
             parent = jumped
 
 
+def _host_labels(faces: Tensor, num_vertices: int) -> Tensor:
+    """Component ids ``[V]`` of a CPU mesh's vertex graph from scipy's linear-time search (any id per
+    component, unlike :func:`component_labels`' smallest vertex; ~50x faster on the CPU at 128³)."""
+    edges = faces.numpy()
+    a = np.concatenate([edges[:, 0], edges[:, 1]])
+    b = np.concatenate([edges[:, 1], edges[:, 2]])
+    graph = scipy.sparse.coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(num_vertices,) * 2)
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def keep_large_components(faces: Tensor, owner: Tensor, prompts: int, min_fraction: float) -> Tensor:
     """Faces ``[F]`` to keep: those of components with at least ``min_fraction`` of the faces of their
     prompt's largest component (:func:`drop_small_components`' rule). ``owner [V]``: each vertex's prompt."""
     if len(faces) == 0:
         return torch.zeros(0, dtype=torch.bool, device=faces.device)
-    labels = component_labels(faces, len(owner))[faces[:, 0]]
+    labels = (
+        _host_labels(faces, len(owner)) if faces.device.type == "cpu" else component_labels(faces, len(owner))
+    )
+    labels = labels[faces[:, 0]]
     size = torch.bincount(labels, minlength=len(owner))[labels]
     prompt = owner[faces[:, 0]]
     largest = torch.zeros(prompts, dtype=size.dtype, device=faces.device)

@@ -9,7 +9,10 @@ Two kinds of query, one per extraction path:
   :class:`BatchFieldQuery` materializes the prompts' grids once and looks them up with the implementation
   named in its constructor (``encoding.backend``: ``torch``, ``tcnn`` or ``auto``), as nerfstudio's
   ``HashEncoding(implementation=...)`` does. :class:`TorchBatchQuery` is the reference;
-  :class:`TcnnBatchQuery` runs the lookups in tiny-cuda-nn (imported on first use).
+  :class:`TcnnBatchQuery` runs the lookups in tiny-cuda-nn (imported on first use);
+  :class:`KernelBatchQuery` runs them in the compiled CPU kernel of ``att3d.hashgrid_cpu`` (numba; same
+  features bit for bit). ``auto`` picks tcnn where it runs, else the kernel on the CPU where it compiled,
+  else PyTorch; ``numba`` may also be passed to the constructor.
 
 tcnn places grid vertex ``j`` of a level at ``(j - 0.5) / scale`` and derives all level resolutions from
 one geometric series, while ``att3d.encoding`` puts vertex ``i`` at ``i / R_l`` with
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from att3d import encoding
+from att3d import encoding, hashgrid_cpu
 from att3d.field import AmortizedField
 from att3d.meshing.cuda_extensions import require, tcnn_status
 from att3d.meshing.grid import grid_points, grid_shape
@@ -116,8 +119,9 @@ def _check_chunk(chunk_points: int) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_implementation(implementation: str) -> str:
-    """``torch`` or ``tcnn`` for ``implementation``: ``auto`` is tcnn where it can run, else torch."""
+def resolve_implementation(implementation: str, device: torch.device | str = "cpu") -> str:
+    """``torch``, ``tcnn`` or ``numba`` for ``implementation`` on ``device``: ``auto`` is tcnn where it can
+    run, else the numba CPU kernel on the CPU where it compiles (compiling it now), else torch."""
     if implementation == "torch":
         return "torch"
     if implementation == "tcnn":
@@ -125,17 +129,28 @@ def resolve_implementation(implementation: str) -> str:
         if status is not None:
             raise RuntimeError(f"encoding.backend=tcnn but {status}")
         return "tcnn"
+    if implementation == "numba":
+        if torch.device(device).type != "cpu":
+            raise RuntimeError(f"the numba hash-grid kernel runs on the CPU only, not {device}")
+        status = hashgrid_cpu.status()
+        if status is not None:
+            raise RuntimeError(status)
+        return "numba"
     if implementation == "auto":
-        return "tcnn" if tcnn_status() is None else "torch"
-    raise ValueError(f"encoding.backend must be torch, tcnn or auto, got {implementation!r}")
+        if tcnn_status() is None:
+            return "tcnn"
+        if torch.device(device).type == "cpu" and hashgrid_cpu.status() is None:
+            return "numba"
+        return "torch"
+    raise ValueError(f"encoding.backend must be torch, tcnn, numba or auto, got {implementation!r}")
 
 
 class BatchFieldQuery:
     """The :data:`BatchQuery` of ``field`` conditioned on ``embeddings [P, D]``.
 
     ``implementation`` (default: the field's ``encoding.backend``) picks the grid lookup here, once:
-    :class:`TcnnBatchQuery` (one fused kernel per level and prompt) or :class:`TorchBatchQuery`
-    (``compile`` applies to it).
+    :class:`TcnnBatchQuery` (one fused kernel per level and prompt), :class:`KernelBatchQuery` (the
+    compiled CPU kernel) or :class:`TorchBatchQuery` (``compile`` applies to it).
     """
 
     def __init__(
@@ -146,10 +161,14 @@ class BatchFieldQuery:
         implementation: str | None = None,
         compile: bool = False,
     ) -> None:
-        self.implementation = resolve_implementation(implementation or field.config.encoding.backend)
+        self.implementation = resolve_implementation(
+            implementation or field.config.encoding.backend, embeddings.device
+        )
         self._query: BatchQuery
         if self.implementation == "tcnn":
             self._query = TcnnBatchQuery(field, embeddings, dtype)
+        elif self.implementation == "numba":
+            self._query = KernelBatchQuery(field, embeddings, dtype)
         else:
             self._query = TorchBatchQuery(field, embeddings, dtype, compile=compile)
 
@@ -195,6 +214,22 @@ class TorchBatchQuery:
             torch.arange(len(counts), device=points.device), torch.as_tensor(counts, device=points.device)
         )
         return self._compiled(points, prompt)
+
+
+class KernelBatchQuery(TorchBatchQuery):
+    """:class:`TorchBatchQuery` with the grid lookup in ``att3d.hashgrid_cpu``'s compiled kernel (CPU,
+    inference): the same features bit for bit, the same head."""
+
+    def __init__(self, field: AmortizedField, embeddings: Tensor, dtype: torch.dtype) -> None:
+        super().__init__(field, embeddings, dtype)
+        bases = field.bases
+        self.packed = hashgrid_cpu.PackedTables(self.tables, bases.resolutions, bases.table_sizes)
+
+    def _forward(self, points: Tensor, prompt: Tensor) -> tuple[Tensor, Tensor]:
+        bound = self.field.config.bound
+        x = (points + bound) / (2.0 * bound)
+        features = hashgrid_cpu.encode(self.packed, x, prompt if self.num_prompts > 1 else None)
+        return evaluate_head(self.field, features.view(len(points), -1), points, self.dtype)
 
 
 def evaluate_head(

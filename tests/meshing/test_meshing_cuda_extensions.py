@@ -41,7 +41,7 @@ def test_status_says_why_a_backend_is_unusable():
 def test_asking_for_tcnn_without_it_fails_clearly():
     with pytest.raises(RuntimeError, match="tinycudann"):
         resolve_implementation(EncodingConfig(backend="tcnn").backend)
-    assert resolve_implementation(EncodingConfig(backend="auto").backend) == "torch"
+    assert resolve_implementation(EncodingConfig(backend="auto").backend, "cuda") == "torch"
     field = AmortizedField(FieldConfig(text_dim=8)).eval()
     with pytest.raises(RuntimeError, match="tinycudann"):
         TcnnBatchQuery(field, torch.zeros(1, 8), torch.float32)
