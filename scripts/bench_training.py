@@ -8,8 +8,10 @@ Builds the run of ``--config`` (default: the shipped recipe at its CPU settings:
 weights (so densities look like a trained model's, not an empty scene), and times ``--steps`` optimizer
 steps per variant, all variants in one process (the machine's noise is larger than some differences).
 A variant is a list of ``key=value`` overrides after a name: ``--variant forward
-model.render.normals=forward``. Stages: render (field queries for the samples), normals (finite-difference
-probes, part of render), prior (the UNet), backward, optimizer; a frame is one rendered view.
+model.render.normals=forward``; the pseudo-override ``encoding=reference`` runs the hash-grid lookup as
+implemented before issue #16 (``att3d.encoding.reference_encode_levels``). Stages: render (field queries
+for the samples), normals (finite-difference probes, part of render), prior (the UNet), backward,
+optimizer; a frame is one rendered view.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import att3d.encoding
 import att3d.render
 import att3d.training.step
 from att3d.config import TrainConfig, load_config
@@ -55,13 +58,29 @@ def patched(owner: object, name: str, timings: dict[str, float], stage: str) -> 
         setattr(owner, name, original)
 
 
+@contextlib.contextmanager
+def replaced(owner: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def bench_variant(config_path: Path, overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
+    reference = "encoding=reference" in overrides
+    overrides = [o for o in overrides if o != "encoding=reference"]
     config = load_config(TrainConfig, config_path, [*CPU_SETTINGS, *overrides])
     info = DistInfo(0, 1, 0, torch.device("cpu"), False)
     run = setup_run(config, Path("/nonexistent"), info)
     warm_start(run, DEFAULT_MODEL_DIR)
     timings: dict[str, float] = defaultdict(float)
     with contextlib.ExitStack() as stack:
+        if reference:
+            stack.enter_context(
+                replaced(att3d.encoding, "encode_levels", att3d.encoding.reference_encode_levels)
+            )
         stack.enter_context(patched(att3d.training.step, "render", timings, "render"))
         stack.enter_context(patched(att3d.render, "density_normals", timings, "normals"))
         stack.enter_context(patched(run.prior, "noise_pred", timings, "prior"))
