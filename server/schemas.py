@@ -294,6 +294,8 @@ class JobStatus(BaseModel):
     """Refine jobs: the refined mesh, once the job has succeeded (409 before)."""
     preview_url: str | None = None
     """Refine jobs: the latest intermediate GLB (404 until the first one is written)."""
+    preview_available: bool = False
+    """Refine jobs: a preview has been written (``preview_url`` answers 200)."""
 
 
 def is_model_name(name: str) -> bool:

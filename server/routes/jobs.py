@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 
 from server.deps import JobsDep
 from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES
-from server.jobs.refine_requests import REFINE, job_kind
+from server.jobs.refine_requests import PREVIEW_FILE, REFINE, job_kind
 from server.schemas import ErrorResponse, JobRequest, JobStatus
 
 _STORE_ERRORS = {503: {"model": ErrorResponse, "description": "job_store_unavailable; see Retry-After."}}
@@ -115,6 +116,7 @@ def job_status(row: dict[str, Any], base_url: str = "") -> dict[str, Any]:
         "status_url": f"{base_url}/v1/jobs/{row['id']}",
         "result_url": f"{base_url}/v1/jobs/{row['id']}/result" if kind == REFINE else None,
         "preview_url": f"{base_url}/v1/jobs/{row['id']}/preview" if kind == REFINE else None,
+        "preview_available": kind == REFINE and (Path(row["run_dir"]) / PREVIEW_FILE).is_file(),
     }
 
 

@@ -7,11 +7,12 @@ queue and one running-jobs cap for both kinds); these routes add what only a ref
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from server.deps import EngineDep, JobsDep
@@ -28,6 +29,7 @@ from server.jobs.refine_requests import (
 from server.routes.jobs import _STORE_ERRORS, IdempotencyKey, JobIdPath, job_status
 from server.schemas import MEDIA_TYPES, ErrorResponse, JobStatus, RefineRequest
 
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=1024)]
 router = APIRouter(prefix="/v1", responses={**V1_ERROR_RESPONSES, **_STORE_ERRORS})
 _MESH = {"content": {t: {} for t in dict.fromkeys(MEDIA_TYPES.values())}, "description": "The mesh."}
 _RESULT_ERRORS = {
@@ -48,7 +50,6 @@ _RESULT_ERRORS = {
     },
 )
 async def create_refine(
-    request: Request,
     response: Response,
     body: RefineRequest,
     engine: EngineDep,
@@ -105,13 +106,16 @@ def refine_result(job_id: JobIdPath, jobs: JobsDep) -> Response:
 
 
 @router.get("/jobs/{job_id}/preview", tags=["jobs"], response_class=Response, responses=_RESULT_ERRORS)
-def refine_preview(job_id: JobIdPath, jobs: JobsDep) -> Response:
-    """The latest intermediate mesh of a refine job (GLB), to watch it improve; 404 until the first."""
+def refine_preview(job_id: JobIdPath, jobs: JobsDep, if_none_match: IfNoneMatch = None) -> Response:
+    """The latest intermediate mesh of a refine job (GLB), to watch it improve; 404 until the first.
+    ``If-None-Match`` with the ETag of the preview a client has answers 304 until a newer one is written."""
     row, _ = _refine_job(jobs, job_id)
-    return _file(Path(row["run_dir"]) / PREVIEW_FILE, MEDIA_TYPES["glb"], "preview.glb", row)
+    return _file(Path(row["run_dir"]) / PREVIEW_FILE, MEDIA_TYPES["glb"], "preview.glb", row, if_none_match)
 
 
-def _file(path: Path, media_type: str, filename: str, row: dict[str, Any]) -> Response:
+def _file(
+    path: Path, media_type: str, filename: str, row: dict[str, Any], if_none_match: str | None = None
+) -> Response:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -119,8 +123,12 @@ def _file(path: Path, media_type: str, filename: str, row: dict[str, Any]) -> Re
         raise ServiceError(404, "not_found", message, "job_id", {"X-Job-State": row["state"]}) from None
     headers = {
         "Content-Disposition": f'attachment; filename="{filename}"',
+        # The file is replaced atomically, so its bytes (not its mtime) name the version a client has.
+        "ETag": f'"{hashlib.sha256(data).hexdigest()[:32]}"',
         "X-Job-State": row["state"],
         "X-Job-Step": str(row["step"]),
-        "Cache-Control": "no-store",
+        "Cache-Control": "no-cache",
     }
+    if if_none_match is not None and headers["ETag"] in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)

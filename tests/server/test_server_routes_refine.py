@@ -49,8 +49,10 @@ def test_refine_job_lifecycle_result_and_preview(client):
 
     running = wait_for_job(client, job["id"], lambda s: s["state"] == "running" and s["step"] >= 2)
     assert 0 < running["progress"] <= 100
-    preview = wait_for_job(client, job["id"], lambda s: client.get(s["preview_url"]).status_code == 200)
+    assert running["preview_available"] == (client.get(job["preview_url"]).status_code == 200)
+    preview = wait_for_job(client, job["id"], lambda s: s["preview_available"])
     assert preview["state"] in ("running", "succeeded")
+    assert client.get(job["preview_url"]).status_code == 200
     done = wait_for_job(client, job["id"], lambda s: s["state"] == "succeeded")
     assert done["progress"] == 100 and done["step"] == 8 and done["checkpoint_available"]
 
@@ -61,6 +63,10 @@ def test_refine_job_lifecycle_result_and_preview(client):
     assert _box_side(result.content) == pytest.approx(0.1 + 0.01 * 8)  # the fake's result after 8 steps
     latest = client.get(job["preview_url"])
     assert latest.status_code == 200 and _box_side(latest.content) == pytest.approx(0.18)
+    # A client holding the latest preview is told so without the bytes.
+    unchanged = client.get(job["preview_url"], headers={"If-None-Match": latest.headers["etag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == latest.headers["etag"]
     listed = {j["id"]: j for j in client.get("/v1/jobs").json()}
     assert listed[job["id"]]["kind"] == "refine"
 
