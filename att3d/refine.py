@@ -5,7 +5,7 @@ for a *refine*: the prompt's grid is materialized once (``AmortizedField.materia
 then that single field is optimized with SDS against the model's prior, exactly as one prompt of training
 would be (same cameras, renderer, SDS and prior conditioning from ``att3d.training``), but with a schedule
 suited to a warm start: the timestep range stays low (the coarse shape is already there; large ``t`` would
-re-draw it) and the learning rates are smaller than training's. The shared head is copied, so a refine
+re-draw it) and the head, when it is trained at all, moves ten times slower than in training. The shared head is copied, so a refine
 never touches the generator, and is frozen by default (``RefineConfig.freeze_head``).
 
 :func:`refine_field` is the loop for any ``PromptField`` (a fresh one is per-prompt SDS from scratch, the
@@ -64,10 +64,12 @@ class RefineConfig:
 
     steps: Annotated[StrictInt, Field(ge=REFINE_STEPS_RANGE[0], le=REFINE_STEPS_RANGE[1])] = 64
     """Optimizer steps, 1..10000."""
-    grid_lr: Annotated[PositiveNumber, Field(le=1.0)] = 3e-3
-    """Adam learning rate of the prompt's hash grid (training's is 1e-2; a warm start takes smaller steps)."""
+    grid_lr: Annotated[PositiveNumber, Field(le=1.0)] = 1e-2
+    """Adam learning rate of the prompt's hash grid (training's; 3e-3 moved a bad preview a third as far in
+    24 steps, scripts/bench_refine.py)."""
     head_lr: Annotated[PositiveNumber, Field(le=1.0)] = 1e-4
-    """Adam learning rate of the (copied) MLP head when ``freeze_head`` is false."""
+    """Adam learning rate of the (copied) MLP head when ``freeze_head`` is false (training's is 1e-3: the
+    head serves every shape the grid can take, so a warm start moves it gently)."""
     freeze_head: StrictBool = True
     """Keep the shared head fixed: only the prompt's grid moves (the head stays the one the grid was
     trained to feed)."""
