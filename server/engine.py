@@ -211,10 +211,6 @@ class Engine:
         """Run ``fn`` on the worker thread before any queued generation (e.g. loading a model)."""
         return self._work.put_control(_Control(fn, Future()))
 
-    def with_model(self, name: str, fn: Callable[[Generator], Any]) -> Future[Any]:
-        """Run ``fn(generator)`` for loaded model ``name`` on the worker thread (e.g. a refine's snapshot)."""
-        return self.run_on_worker(lambda: fn(self._generators[name]))
-
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
         """Load a checkpoint as model ``name`` on the worker thread; the future gives its info."""
 

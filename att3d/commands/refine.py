@@ -1,5 +1,5 @@
-"""``att3d refine PROMPT -o OUT``: the model's output for PROMPT, improved by per-prompt SDS (``att3d.refine``)
-and written as a mesh (progress bar on a terminal, log lines otherwise)."""
+"""``att3d refine PROMPT -o OUT``: the model's output for PROMPT, improved by per-prompt SDS
+(``att3d.refine``) and written as a mesh (progress bar on a terminal, log lines otherwise)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from att3d.commands.mesh_options import (
 )
 
 STEPS_RANGE = (1, 10_000)
-"""``--steps`` bounds (``att3d.refine.REFINE_STEPS_RANGE``, repeated so ``--help`` imports no torch)."""
+"""``--steps`` bounds (``att3d.refine_config.REFINE_STEPS_RANGE``, repeated: ``--help`` imports no torch)."""
 
 
 def refine_command(

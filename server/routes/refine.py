@@ -67,7 +67,10 @@ async def create_refine(
         raise ServiceError(422, "invalid_request", message, "model")
     settings = jobs.settings
     path = model_snapshot_dir(settings, info["model_hash"])
-    snapshot = engine.with_model(name, lambda generator: snapshot_model(generator, path, settings.job_priors))
+    # On the engine's worker thread, which owns the loaded generators (nothing else touches them).
+    snapshot = engine.run_on_worker(
+        lambda: snapshot_model(engine._generators[name], path, settings.job_priors)
+    )
     prior = await asyncio.wrap_future(snapshot)
     config = build_refine_job(body, settings, info, prior)
     row, created = await asyncio.to_thread(jobs.submit_refine, body, config, idempotency_key)
