@@ -1,5 +1,6 @@
-"""Browser test of the viewer's Refine button (``tools/browser/check_refine.js``, headless Chromium): the job
-starts, its progress bar moves, and the refined mesh (the fake refine runner's box) replaces the preview."""
+"""Browser test of the viewer's Refine button (``tools/browser/check_refine.js``, headless Chromium): offered
+in the note over an unfamiliar prompt's mesh, it starts the job, its progress bar moves, and the refined mesh
+(the fake refine runner's box) replaces the preview."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_refine_button_shows_progress_and_swaps_in_the_refined_mesh(server_url):
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     result = json.loads(proc.stdout)
     assert result["viewerErrors"] == [] and result["consoleErrors"] == [], result
+    assert result["noteShown"] is True, result  # the unfamiliar-prompt note's Refine button started it
     posted = [r for r in result["refineRequests"] if r["url"] == "/v1/refine"]
     assert [r["status"] for r in posted] == [202], result
     results = [r for r in result["refineRequests"] if r["url"].endswith("/result")]

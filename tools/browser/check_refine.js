@@ -1,10 +1,12 @@
 // Drive the viewer's Refine button in headless Chromium (software WebGL) and print what happened as JSON.
 // Usage: node tools/browser/check_refine.js URL [PROMPT]
 //   1. open the page and wait for the mesh of its default prompt;
-//   2. type PROMPT, choose 16 steps and press Refine: the progress bar must move, previews may replace the
-//      mesh while the job runs, and the refined mesh must replace them when the job has succeeded.
-//   CHROMIUM=/path/to/chromium overrides the browser; SCREENSHOT=file.png saves the page at the end.
-// Output: {"loads", "loadsBeforeRefine", "progressSeen": [values], "finalProgress", "status",
+//   2. generate PROMPT (one the model does not know: its note offers a Refine button);
+//   3. choose 16 steps and press the note's Refine button: the progress bar must move, previews may replace
+//      the mesh while the job runs, and the refined mesh must replace them when the job has succeeded.
+//   CHROMIUM=/path/to/chromium overrides the browser; SCREENSHOT=file.png saves the page at the end,
+//   NOTE_SCREENSHOT=file.png after step 2.
+// Output: {"loads", "loadsBeforeRefine", "noteShown", "progressSeen": [values], "finalProgress", "status",
 //          "refineRequests": [{"url", "status"}], "viewerErrors", "consoleErrors", "nonBackgroundFraction"}
 "use strict";
 
@@ -46,10 +48,14 @@ async function main() {
     });
     await page.goto(url, { waitUntil: "load" });
     await page.waitForFunction(() => window.att3dViewer.loads >= 1, null, { timeout: 90000 });
-    result.loadsBeforeRefine = await page.evaluate(() => window.att3dViewer.loads);
     await page.fill("#prompt", prompt);
+    await page.click("#generate");
+    await page.waitForFunction(() => window.att3dViewer.loads >= 2, null, { timeout: 90000 });
+    result.loadsBeforeRefine = await page.evaluate(() => window.att3dViewer.loads);
+    result.noteShown = await page.isVisible("#refine-note");
+    if (process.env.NOTE_SCREENSHOT) await page.screenshot({ path: process.env.NOTE_SCREENSHOT });
     await page.selectOption("#refine-steps", "16");
-    await page.click("#refine");
+    await page.click(result.noteShown ? "#refine-note" : "#refine");
     // Sample the progress bar until the refine ends (the button is enabled again).
     const deadline = Date.now() + 240000;
     for (;;) {
