@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import sys
 import threading
@@ -30,7 +31,7 @@ import torch
 import trimesh
 
 from att3d.cameras import sample_cameras
-from att3d.config import CameraSamplingConfig, MeshConfig, ModelConfig, RenderConfig
+from att3d.config import CameraSamplingConfig, MeshConfig, ModelConfig
 from att3d.field import FieldHead, PromptField
 from att3d.priors.base import DiffusionPrior
 from att3d.refine_config import REFINE_STEPS_RANGE, RefineConfig, from_scratch_config
@@ -192,32 +193,32 @@ def refine_field(
         torch.Generator().manual_seed(config.seed),
     )
     out = Path(out_dir) if out_dir is not None else None
-    checkpoint = None
-    if out is not None and resume and (found := newest_refine_checkpoint(out)) is not None:
-        load_refine_checkpoint(loop, found)
-        checkpoint = found
     cancel = cancel if cancel is not None else threading.Event()
     signalled = threading.Event()
-    callbacks = _callbacks(loop, progress, progress_callback, preview_callback)
-    step_fn = _step_function(loop, prior, device)
     status, loss, started = "completed", math.nan, time.perf_counter()
-    with lock_run_folder(out) if out is not None else contextlib.nullcontext():
-        try:
-            with stop_on_signals(signalled) as received:
-                while loop.step < config.steps:
-                    if cancel.is_set() or signalled.is_set():
-                        status = "interrupted" if signalled.is_set() or received else "cancelled"
-                        break
-                    loss = step_fn()
-                    loop.step += 1
-                    every = config.checkpoint_every
-                    if out is not None and every and loop.step % every == 0:
-                        checkpoint = save_refine_checkpoint(loop, out)
-                    run_callbacks(callbacks, CallbackLocation.AFTER_STEP, loop.step, {"loss/total": loss})
-            if out is not None and (checkpoint is None or not checkpoint.name.endswith(f"{loop.step:07d}")):
+    with contextlib.ExitStack() as stack:
+        checkpoint = None
+        if out is not None:
+            stack.enter_context(lock_run_folder(out))  # before reading: one writer of the folder at a time
+            if resume and (found := newest_refine_checkpoint(out)) is not None:
+                load_refine_checkpoint(loop, found)
+                checkpoint = found
+        callbacks = _callbacks(loop, progress, progress_callback, preview_callback)
+        stack.callback(close_callbacks, callbacks)
+        step_fn = _step_function(loop, prior, device)
+        received = stack.enter_context(stop_on_signals(signalled))
+        while loop.step < config.steps:
+            if cancel.is_set() or signalled.is_set():
+                status = "interrupted" if signalled.is_set() or received else "cancelled"
+                break
+            loss = step_fn()
+            loop.step += 1
+            every = config.checkpoint_every
+            if out is not None and every and loop.step % every == 0:
                 checkpoint = save_refine_checkpoint(loop, out)
-        finally:
-            close_callbacks(callbacks)
+            run_callbacks(callbacks, CallbackLocation.AFTER_STEP, loop.step, {"loss/total": loss})
+        if out is not None and (checkpoint is None or not checkpoint.name.endswith(f"{loop.step:07d}")):
+            checkpoint = save_refine_checkpoint(loop, out)
     field.eval().requires_grad_(False)
     seconds = time.perf_counter() - started
     return RefineResult(field, status, loop.step, loss, checkpoint, seconds)
@@ -231,7 +232,7 @@ def _step_function(loop: _Loop, prior: DiffusionPrior, device: torch.device) -> 
     field = target.field
     render_config = target.model.render
     if config.samples:
-        render_config = RenderConfig(**{**render_config.__dict__, "samples_per_ray": config.samples})
+        render_config = dataclasses.replace(render_config, samples_per_ray=config.samples)
     cameras_config = target.cameras or CameraSamplingConfig()
     bank = prior_bank(prior, target.prior_prompt or target.prompt, device)
     weights = torch.ones(1, 1, device=device)
