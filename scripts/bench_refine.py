@@ -12,7 +12,7 @@ step counts; the table reports means per group, and the two targets of the issue
 to reach the from-scratch run's final (``--scratch-steps``) quality, and the mean IoU gain of the
 ``--worst`` cases after 64 refine steps.
 
-    python scripts/bench_refine.py --quick          # a few prompts, minutes on 2 CPU cores
+    python scripts/bench_refine.py --quick --worst 8 --views 2   # ~40 min on 2 CPU cores
     python scripts/bench_refine.py --json out.json  # the figures in docs/BENCHMARKS.md
 """
 
@@ -77,6 +77,22 @@ def curve(target, prior, config, marks, case, generator, settings) -> list[dict]
     return points
 
 
+def all_cases() -> list[EvalCase]:
+    return (
+        split_cases("train")
+        + split_cases("heldout")
+        + split_cases("wording")
+        + split_cases("heldout-wording")
+    )
+
+
+def load_picks(path: str) -> list[tuple[str, EvalCase]]:
+    """``(group, case)`` pairs saved by an earlier run (``--picks``): ranking every case costs minutes."""
+    by_prompt = {case.prompt: case for case in all_cases()}
+    with open(path) as f:
+        return [(row["group"], by_prompt[row["prompt"]]) for row in json.load(f)]
+
+
 def pick_cases(generator, quick: bool, worst: int) -> tuple[list[tuple[str, EvalCase]], dict]:
     """(group, case) pairs, and the preview IoU of every case of the eval (the worst-case pick: volumetric
     IoU alone, at 48³, is cheap enough to rank all of them)."""
@@ -99,8 +115,8 @@ def pick_cases(generator, quick: bool, worst: int) -> tuple[list[tuple[str, Eval
     ranked = sorted(pool, key=lambda c: preview[c.prompt])[:worst]
     chosen = [("worst", c) for c in ranked]
     taken = {c.prompt for c in ranked}
-    extra_h = [c for c in heldout if c.prompt not in taken][: 2 if quick else 4]
-    extra_w = [c for c in wording if c.prompt not in taken][::7][: 2 if quick else 4]
+    extra_h = [c for c in heldout if c.prompt not in taken][: 1 if quick else 4]
+    extra_w = [c for c in wording if c.prompt not in taken][::7][: 1 if quick else 4]
     chosen += [("heldout", c) for c in extra_h] + [("wording", c) for c in extra_w]
     return chosen, preview
 
@@ -112,16 +128,36 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=64)
     parser.add_argument("--scratch-steps", type=int, default=256)
     parser.add_argument("--unfrozen", action="store_true", help="also refine with a trainable head")
+    parser.add_argument("--views", type=int, default=4, help="views per step of both arms")
+    parser.add_argument(
+        "--picks", default="", help="save the picked prompts here, or reuse them if it exists"
+    )
+    parser.add_argument("--unfrozen-cases", type=int, default=3, help="worst cases also refined unfrozen")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="", help="write every curve here")
+    parser.add_argument("--report", default="", help="only summarize the JSON an earlier run wrote")
     args = parser.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        report(saved["rows"], saved["args"]["refine_steps"], saved["args"]["scratch_steps"])
+        return
     torch.set_num_threads(args.threads)
     settings = EvalSettings(resolution=48, views=4, n_points=512) if args.quick else EvalSettings()
     generator = Generator.default()
     prior = load_prior("shapes")
     worst = args.worst
     started = time.perf_counter()
-    cases, _ = pick_cases(generator, args.quick, worst)
+    if args.picks and os.path.exists(args.picks):
+        cases = load_picks(args.picks)
+    else:
+        cases, preview = pick_cases(generator, args.quick, worst)
+        print("worst previews:", [(c.prompt, round(preview[c.prompt], 3)) for g, c in cases if g == "worst"])
+        if args.picks:
+            with open(args.picks, "w") as f:
+                json.dump([{"group": g, "prompt": c.prompt} for g, c in cases], f, indent=1)
+    # The baseline comparisons first: a run cut short still has them.
+    cases = sorted(cases, key=lambda gc: gc[0] == "worst")
     load = os.getloadavg()
     print(
         f"{len(cases)} prompts; load average {load[0]:.1f} at start; "
@@ -131,27 +167,33 @@ def main() -> None:
     scratch_marks = [m for m in (32, 64, 128, 256, 512) if m <= args.scratch_steps]
     variants = [("refine", True)] + ([("refine-unfrozen", False)] if args.unfrozen else [])
     rows = []
+    unfrozen_left = args.unfrozen_cases
     for group, case in cases:
         row = {"group": group, "prompt": case.prompt, "object": f"{case.obj.color} {case.obj.shape}"}
         for name, frozen in variants:
+            if not frozen and not (group == "worst" and unfrozen_left > 0):
+                continue
             target = RefineTarget(case.prompt, warm_field(generator, case.prompt), generator.config)
-            config = RefineConfig(steps=args.refine_steps, freeze_head=frozen)
+            config = RefineConfig(steps=args.refine_steps, freeze_head=frozen, views=args.views)
             row[name] = curve(target, prior, config, refine_marks, case, generator, settings)
         r = row["refine"][-1]
         start = row["refine"][0]["iou"]
         line = f"{group:8s} {case.prompt!r:44s} iou {start:.3f} -> {r['iou']:.3f} ({r['seconds']:.0f} s)"
-        if not (args.quick and group == "worst"):  # quick: the baseline on the other groups only
+        if not (args.quick and group == "worst"):  # quick: the baseline on one held-out, one reworded
             target = RefineTarget(case.prompt, fresh_prompt_field(generator.config), generator.config)
-            config = from_scratch_config(args.scratch_steps)
+            config = from_scratch_config(args.scratch_steps, views=args.views)
             row["scratch"] = curve(target, prior, config, scratch_marks, case, generator, settings)
             s = row["scratch"][-1]
             line += f" | scratch {s['iou']:.3f} ({s['seconds']:.0f} s)"
+        if "refine-unfrozen" in row:
+            unfrozen_left -= 1
+            line += f" | unfrozen {row['refine-unfrozen'][-1]['iou']:.3f}"
         rows.append(row)
         print(line, flush=True)
-    report(rows, variants, refine_marks, scratch_marks, args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "load_at_start": load, "rows": rows}, f, indent=1)
+        if args.json:  # after every prompt: a run cut short keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "load_at_start": load, "rows": rows}, f, indent=1)
+    report(rows, args.refine_steps, args.scratch_steps)
 
 
 def _mean(rows, key, step, metric) -> float:
@@ -159,35 +201,40 @@ def _mean(rows, key, step, metric) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def report(rows, variants, refine_marks, scratch_marks, args) -> None:
+def report(rows: list[dict], refine_steps: int, scratch_steps: int) -> None:
+    """Means per group and arm (over the prompts that have the arm), and the issue's two targets."""
     groups = ["all", *dict.fromkeys(r["group"] for r in rows)]
     for group in groups:
         chosen = rows if group == "all" else [r for r in rows if r["group"] == group]
-        print(f"\n{group} ({len(chosen)} prompts): mean iou / colour / R-precision / seconds")
-        for key, marks in [
-            *((name, [0, *refine_marks]) for name, _ in variants),
-            ("scratch", [0, *scratch_marks]),
-        ]:
+        print(f"\n{group} ({len(chosen)} prompts): mean iou / surface colour right / R-precision / seconds")
+        for key in ("refine", "refine-unfrozen", "scratch"):
+            having = [r for r in chosen if key in r]
+            if not having:
+                continue
             cells = []
-            for step in marks:
+            for point in having[0][key]:
+                step = point["step"]
                 iou, colour, rp, secs = (
-                    _mean(chosen, key, step, m)
+                    _mean(having, key, step, m)
                     for m in ("iou", "surface_color_right", "r_precision", "seconds")
                 )
                 cells.append(f"{step}: {iou:.3f}/{colour:.2f}/{rp:.2f}/{secs:.0f}s")
-            print(f"  {key:16s} " + "  ".join(cells))
-    final = args.scratch_steps
+            print(f"  {key:16s} ({len(having)}) " + "  ".join(cells))
     both = [r for r in rows if "scratch" in r]
-    goal = _mean(both, "scratch", final, "iou")
-    reached = next((s for s in [0, *refine_marks] if _mean(both, "refine", s, "iou") >= goal), None)
-    print(
-        f"\nscratch {final}-step mean iou {goal:.3f}; refine reaches it at step {reached} "
-        f"(target <= {final // 5})"
-    )
+    if both:
+        goal = _mean(both, "scratch", scratch_steps, "iou")
+        steps = [p["step"] for p in both[0]["refine"]]
+        reached = next((s for s in steps if _mean(both, "refine", s, "iou") >= goal), None)
+        print(
+            f"\n{len(both)} prompts with both arms: scratch {scratch_steps}-step mean iou {goal:.3f}; refine "
+            f"reaches it at step {reached} (target <= {scratch_steps // 5})"
+        )
     worst = [r for r in rows if r["group"] == "worst"]
-    if worst and 64 in refine_marks:
-        gain = _mean(worst, "refine", 64, "iou") - _mean(worst, "refine", 0, "iou")
-        print(f"worst {len(worst)}: mean iou gain after 64 refine steps {gain:+.3f} (target >= +0.1)")
+    for key in ("refine", "refine-unfrozen"):
+        having = [r for r in worst if key in r]
+        if having and refine_steps >= 64:
+            gain = _mean(having, key, 64, "iou") - _mean(having, key, 0, "iou")
+            print(f"worst {len(having)} ({key}): mean iou gain after 64 steps {gain:+.3f} (target >= +0.1)")
 
 
 if __name__ == "__main__":
