@@ -7,7 +7,7 @@ Routes (OpenAPI at ``/docs``; the full reference is docs/API.md):
 - ``GET /v1/models``, ``GET /v1/models/{name}``, ``GET /v1/models/{name}/prompts``, ``POST /v1/models``
   (load a finished job's checkpoint under a name; kept in the data folder and loaded again at start-up);
 - ``POST /v1/jobs`` (``Idempotency-Key``), ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
-  ``POST /v1/jobs/{id}/resume``;
+  ``POST /v1/jobs/{id}/resume``; ``POST /v1/refine``, ``GET /v1/jobs/{id}/result|preview``;
 - ``GET /livez``, ``GET /readyz`` (probes, never behind the API key), ``GET /metrics`` (Prometheus);
 - ``HEAD`` on every GET route (the GET's headers, no body); no trailing-slash redirects;
 - ``GET /``: the viewer page (static files under ``/static``); ``/docs`` and ``/redoc`` from packaged assets.
@@ -51,6 +51,7 @@ from server.routes import jobs as job_routes
 from server.routes import meshes as mesh_routes
 from server.routes import models as model_routes
 from server.routes import probes as probe_routes
+from server.routes import refine as refine_routes
 from server.routes.docs import add_docs
 from server.saved_models import SavedModels
 from server.settings import ServerSettings
@@ -132,7 +133,7 @@ def create_app(
     app.state.metrics = metrics_
     app.state.saved_models = saved_models
     add_error_handlers(app)
-    for routes in (mesh_routes, model_routes, job_routes, probe_routes):
+    for routes in (mesh_routes, model_routes, job_routes, refine_routes, probe_routes):
         app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_docs(app)

@@ -171,6 +171,30 @@ class JobRequest(_Strict):
         return self
 
 
+REFINE_STEPS_RANGE = (1, 10_000)
+"""Bounds of ``steps`` of ``POST /v1/refine`` (``att3d.refine.REFINE_STEPS_RANGE``; no torch import here)."""
+
+
+class RefineRequest(_Strict):
+    """``POST /v1/refine``: per-prompt SDS starting from a model's output for ``prompt`` (a refine job)."""
+
+    prompt: Prompt
+    steps: Annotated[int, Field(ge=REFINE_STEPS_RANGE[0], le=REFINE_STEPS_RANGE[1])] = 64
+    """Refine steps, 1-10000 (about a second each on a CPU)."""
+    model: ModelName | None = None
+    """Name of a loaded model (``GET /v1/models``); default: the first model loaded."""
+    format: MeshFormat = "glb"
+    """Format of the result (``GET /v1/jobs/{id}/result``); previews are always GLB."""
+    resolution: Resolution | None = None
+    """Marching-cubes resolution of the result; default: the model's own setting."""
+    freeze_head: bool = True
+    """Optimize only the prompt's hash grid (true) or its copy of the MLP head too."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed of the cameras, timesteps and noise."""
+    preview_every: Annotated[int, Field(ge=0, le=REFINE_STEPS_RANGE[1])] | None = None
+    """Write a preview GLB every this many steps (0: none); default: about eight per job."""
+
+
 class LoadModelRequest(_Strict):
     """``POST /v1/models``: load a finished job's checkpoint as a named model."""
 
@@ -239,10 +263,15 @@ class PromptList(BaseModel):
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled", "interrupted"]
 
 
+JobKind = Literal["train", "refine"]
+
+
 class JobStatus(BaseModel):
-    """A training job."""
+    """A training job or a refine job."""
 
     id: str
+    kind: JobKind = "train"
+    """``train`` (``POST /v1/jobs``) or ``refine`` (``POST /v1/refine``)."""
     state: JobState
     progress: float
     """Percent of ``total_steps`` done, 0-100."""
@@ -261,6 +290,12 @@ class JobStatus(BaseModel):
     """A checkpoint exists (resume continues from it; a succeeded job's can be loaded as a model)."""
     cancel_requested: bool
     status_url: str
+    result_url: str | None = None
+    """Refine jobs: the refined mesh, once the job has succeeded (409 before)."""
+    preview_url: str | None = None
+    """Refine jobs: the latest intermediate GLB (404 until the first one is written)."""
+    preview_available: bool = False
+    """Refine jobs: a preview has been written (``preview_url`` answers 200)."""
 
 
 def is_model_name(name: str) -> bool:

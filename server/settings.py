@@ -78,6 +78,8 @@ class ServerSettings:
     """Training jobs run at the same time, each in its own process (0: jobs stay queued)."""
     job_runner: str = "att3d.training.loop:train"
     """``module:function`` the job process trains with (see ``server.jobs.worker.Runner``)."""
+    refine_runner: str = "server.jobs.refine_runner:run_refine"
+    """``module:function`` the job process runs refine jobs with (the same contract as ``job_runner``)."""
     job_priors: tuple[str, ...] = ("shapes",)
     """Values a job's ``config.prior`` may take (no paths: clients must not make the server read files)."""
     job_device: str = "auto"
@@ -115,8 +117,9 @@ class ServerSettings:
             )
         if self.mesher not in ("per_request", "batched"):
             problems.append(f"mesher must be 'per_request' or 'batched', got {self.mesher!r}")
-        if ":" not in self.job_runner:
-            problems.append(f"job_runner must look like 'module:function', got {self.job_runner!r}")
+        for name in ("job_runner", "refine_runner"):
+            if ":" not in getattr(self, name):
+                problems.append(f"{name} must look like 'module:function', got {getattr(self, name)!r}")
         if problems:
             raise SettingsError("; ".join(problems))
 

@@ -149,6 +149,55 @@ def fake_train(
     return FakeResult("completed", step, last, 1.0 / max(step, 1))
 
 
+def fake_refine(
+    config: dict, out_dir: str | Path, *, resume: bool, progress_callback, cancel: threading.Event
+) -> FakeResult:
+    """A refine job's runner without the refine: counts steps (``STEP_SECONDS_ENV``), writes a preview GLB
+    every ``preview_every`` steps and a checkpoint every ``checkpoint_every``, the result when completed
+    (a box whose size encodes the step count), honours ``cancel`` and resumes from its checkpoints."""
+    import trimesh
+
+    from att3d.meshing.export import mesh_to_bytes
+    from att3d.training.run_folder import TRAIN_STATE_FILE, checkpoint_dir, list_checkpoints
+
+    out_dir = Path(out_dir)
+    refine = config["refine"]
+    delay = float(os.environ.get(STEP_SECONDS_ENV, "0.02"))
+    found = list_checkpoints(out_dir) if resume else []
+    step, last = found[-1] if found else (0, None)
+
+    def box(step: int, fmt: str) -> bytes:
+        return mesh_to_bytes(trimesh.creation.box(extents=[0.1 + 0.01 * step] * 3), fmt)
+
+    def save(step: int) -> Path:
+        from att3d.checkpoint import save_checkpoint, save_tensors_atomic
+
+        meta = {"kind": "refine", "step": step}
+        path = save_checkpoint(checkpoint_dir(out_dir, step), {"x": torch.zeros(1)}, {}, "fake", [], meta)
+        save_tensors_atomic(path / TRAIN_STATE_FILE, {"step": torch.tensor([step])})
+        return path
+
+    while step < refine["steps"]:
+        if cancel.is_set():
+            return FakeResult("cancelled", step, save(step), 1.0)
+        time.sleep(delay)
+        step += 1
+        progress_callback(step, refine["steps"], 1.0 / step)
+        if refine["preview_every"] and step % refine["preview_every"] == 0:
+            (out_dir / "preview.glb").write_bytes(box(step, "glb"))
+        if refine["checkpoint_every"] and step % refine["checkpoint_every"] == 0:
+            last = save(step)
+    (out_dir / f"result.{config['format']}").write_bytes(box(step, config["format"]))
+    return FakeResult("completed", step, last, 1.0 / step)
+
+
+def real_refine(config: dict, out_dir: str | Path, **kwargs) -> object:
+    """The real refine runner, from this module so the job process knows the ``test-hash`` encoder."""
+    from server.jobs.refine_runner import run_refine
+
+    return run_refine(config, out_dir, **kwargs)
+
+
 def failing_train(config, out_dir, *, resume, progress_callback, cancel) -> FakeResult:
     """A runner that fails at once, as a trainer with a bad config would."""
     raise RuntimeError("fake trainer failure: the prior exploded")
@@ -192,6 +241,7 @@ def settings_for(tmp_path: Path, **overrides):  # -> ServerSettings
         "max_resolution": 32,
         "max_frames": 4,
         "job_runner": "server_fakes:fake_train",
+        "refine_runner": "server_fakes:fake_refine",
         "job_cancel_grace_s": 10.0,
     }
     values.update(overrides)

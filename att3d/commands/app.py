@@ -15,6 +15,7 @@ from att3d.commands.eval import eval_command
 from att3d.commands.generate import generate
 from att3d.commands.info import info
 from att3d.commands.interpolate import interpolate
+from att3d.commands.refine import refine_command
 from att3d.commands.serve import serve
 from att3d.commands.shapes import shapes_app
 from att3d.commands.train import train
@@ -29,6 +30,7 @@ app = typer.Typer(
 
 app.command(name="generate")(generate)
 app.command(name="interpolate")(interpolate)
+app.command(name="refine")(refine_command)
 app.command(name="info")(info)
 app.add_typer(shapes_app, name="shapes", help="ShapesWorld: ground-truth renders and prior samples.")
 app.command(name="train")(train)

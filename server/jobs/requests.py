@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from att3d.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from server.errors import ServiceError
@@ -77,7 +78,7 @@ def _override(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
         raise ServiceError(422, "invalid_request", f"config.{key}: {reason}", "config") from None
 
 
-def request_digest(request: JobRequest) -> str:
+def request_digest(request: BaseModel) -> str:
     """sha256 of the canonical request, to tell an idempotent retry from a reused key."""
     canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

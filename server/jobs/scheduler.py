@@ -26,7 +26,7 @@ from server.jobs.processes import process_alive, process_start_time
 from server.jobs.recovery import FaultLog, clear_result, open_store, read_result
 from server.jobs.requests import build_train_config, request_digest
 from server.jobs.store import JobStoreUnavailable
-from server.schemas import JobRequest
+from server.schemas import JobRequest, RefineRequest
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,23 @@ class JobManager:
             request.model_dump(mode="json"),
             to_dict(config),
             config.steps,
+            self.runs_dir,
+            idempotency_key,
+            request_digest(request),
+            max_queued=self.settings.max_queued_jobs,
+        )
+        self._wake.set()
+        return row, created
+
+    def submit_refine(
+        self, request: RefineRequest, config: dict[str, Any], idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Queue a refine job (``config`` from ``refine_requests.build_refine_job``) in the same queue,
+        under the same caps, as training jobs."""
+        row, created = self.store.create(
+            {"refine": request.model_dump(mode="json")},
+            config,
+            config["refine"]["steps"],
             self.runs_dir,
             idempotency_key,
             request_digest(request),
@@ -198,6 +215,8 @@ class JobManager:
             row["id"],
             "--runner",
             self.settings.job_runner,
+            "--refine-runner",
+            self.settings.refine_runner,
         ]
         try:
             with open(run_dir / "worker.log", "ab") as log:

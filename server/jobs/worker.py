@@ -30,6 +30,7 @@ from att3d.config import TrainConfig, from_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.jobs.processes import process_start_time
 from server.jobs.recovery import FaultLog, clear_result, write_job_record, write_result
+from server.jobs.refine_requests import REFINE, job_kind
 from server.jobs.store import JobStore, JobStoreUnavailable
 
 logger = logging.getLogger("server.jobs.worker")
@@ -111,8 +112,16 @@ class _Watcher(threading.Thread):
                 self.faults.failed(err)
 
 
-def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
-    """Run the job to its end and record the outcome; returns the state written."""
+REFINE_RUNNER = "server.jobs.refine_runner:run_refine"
+"""The default runner of refine jobs (``ServerSettings.refine_runner``)."""
+
+
+def run_job(store: JobStore, job_id: str, runner_spec: str, refine_runner_spec: str = REFINE_RUNNER) -> str:
+    """Run the job to its end and record the outcome; returns the state written.
+
+    A training job's runner gets its ``TrainConfig``; a refine job's (``refine_runner_spec``, the same
+    contract) gets its stored config (``server.jobs.refine_requests``).
+    """
     row = store.get(job_id)
     if row is None or row["state"] != "running":
         logger.error("job %s is not running (%s); nothing to do", job_id, row and row["state"])
@@ -150,8 +159,13 @@ def run_job(store: JobStore, job_id: str, runner_spec: str) -> str:
                 faults.succeeded()
 
     try:
-        config = from_dict(TrainConfig, json.loads(row["config"]))
-        runner = load_runner(runner_spec)
+        stored = json.loads(row["config"])
+        if job_kind(stored) == REFINE:
+            config: Any = stored
+            runner = load_runner(refine_runner_spec)
+        else:
+            config = from_dict(TrainConfig, stored)
+            runner = load_runner(runner_spec)
         resume = latest_checkpoint(run_dir, check_weights=False) is not None
         logger.info("job %s: attempt %d, resume=%s", job_id, row["attempts"], resume)
         result: Any = runner(config, run_dir, resume=resume, progress_callback=progress, cancel=cancel)
@@ -228,10 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="the jobs database (jobs.sqlite)")
     parser.add_argument("--job", required=True, help="id of a job in state 'running'")
     parser.add_argument("--runner", default="att3d.training.loop:train", help="module:function that trains")
+    parser.add_argument(
+        "--refine-runner",
+        default=REFINE_RUNNER,
+        help="module:function that runs refine jobs",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        state = run_job(JobStore(args.db, create=False), args.job, args.runner)
+        state = run_job(JobStore(args.db, create=False), args.job, args.runner, args.refine_runner)
     except JobStoreUnavailable as err:  # before training started: the server reaps and records it
         logger.error("job %s cannot start: %s", args.job, err.reason)
         return 1

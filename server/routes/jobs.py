@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -11,6 +13,7 @@ from fastapi.responses import Response
 
 from server.deps import JobsDep
 from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES
+from server.jobs.refine_requests import PREVIEW_FILE, REFINE, job_kind
 from server.schemas import ErrorResponse, JobRequest, JobStatus
 
 _STORE_ERRORS = {503: {"model": ErrorResponse, "description": "job_store_unavailable; see Retry-After."}}
@@ -91,10 +94,12 @@ def resume_job(job_id: JobIdPath, jobs: JobsDep) -> Any:
 
 def job_status(row: dict[str, Any], base_url: str = "") -> dict[str, Any]:
     """The API view of a job row (``server.schemas.JobStatus``)."""
+    kind = job_kind(json.loads(row["config"]))
     total = max(int(row["total_steps"]), 1)
     progress = 100.0 if row["state"] == "succeeded" else min(100.0, 100.0 * row["step"] / total)
     return {
         "id": row["id"],
+        "kind": kind,
         "state": row["state"],
         "progress": round(progress, 2),
         "step": row["step"],
@@ -109,6 +114,9 @@ def job_status(row: dict[str, Any], base_url: str = "") -> dict[str, Any]:
         "checkpoint_available": row["checkpoint"] is not None,
         "cancel_requested": bool(row["cancel_requested"]),
         "status_url": f"{base_url}/v1/jobs/{row['id']}",
+        "result_url": f"{base_url}/v1/jobs/{row['id']}/result" if kind == REFINE else None,
+        "preview_url": f"{base_url}/v1/jobs/{row['id']}/preview" if kind == REFINE else None,
+        "preview_available": kind == REFINE and (Path(row["run_dir"]) / PREVIEW_FILE).is_file(),
     }
 
 
