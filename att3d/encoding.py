@@ -83,9 +83,8 @@ def _corner_plan(
         ay.mul_(_PRIMES[1] % table_size).bitwise_and_(mask)
         az.mul_(_PRIMES[2] % table_size).bitwise_and_(mask)
         if prompt is not None:
-            ax.bitwise_or_(
-                prompt.to(dtype) * table_size
-            )  # the hash is below T and the offset a multiple of T: or == add
+            # The hash is below T and the offset a multiple of T: or == add.
+            ax.bitwise_or_(prompt.to(dtype) * table_size)
         index = (ax[:, None] ^ ay[None])[:, :, None] ^ az[None, None]
     return index.view(8, -1), weights.view(8, -1)
 
