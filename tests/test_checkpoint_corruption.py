@@ -240,11 +240,16 @@ def test_a_manifest_without_config_checksum_still_loads(tiny_checkpoint, tmp_pat
     assert Generator.from_checkpoint(ckpt).model_hash == manifest["weights_sha256"]
 
 
-def test_the_bundled_model_loads_unchanged() -> None:
+def test_the_bundled_model_loads_with_its_checksums_and_prompt_embeddings() -> None:
+    from att3d.familiarity import PROMPT_EMBEDDINGS_FILE, _read_shipped
     from att3d.generate import DEFAULT_MODEL_DIR
 
-    assert "config_sha256" not in manifest_of(DEFAULT_MODEL_DIR)  # written before the checksum
-    assert Generator.from_checkpoint(DEFAULT_MODEL_DIR).prompts
+    manifest = manifest_of(DEFAULT_MODEL_DIR)
+    assert "config_sha256" in manifest and manifest["metadata"]["familiarity_threshold"] == 0.688
+    generator = Generator.from_checkpoint(DEFAULT_MODEL_DIR)
+    assert len(generator.prompts) == 1960
+    shipped = _read_shipped(DEFAULT_MODEL_DIR / PROMPT_EMBEDDINGS_FILE, generator.encoder, generator.prompts)
+    assert shipped is not None and shipped.shape == (1960, 384)  # matches the manifest's prompt set
 
 
 def test_free_form_metadata_never_breaks_the_model_summary(tiny_checkpoint, tmp_path) -> None:
