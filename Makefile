@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test setup lint browser-setup
+.PHONY: run test test-ray setup lint browser-setup redis-setup
 
 $(BIN)/att3d: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,13 @@ browser-setup: tools/browser/node_modules/.package-lock.json
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "warning: could not install chromium; the browser test will be skipped"
 
+# The shared result cache is tested against a real redis-server (Debian's), started by the tests on a
+# loopback port; without it those tests are skipped with that reason.
+redis-setup:
+	@command -v redis-server >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+		echo "warning: could not install redis-server; the Redis cache tests will be skipped"
+
 setup: $(BIN)/att3d
 
 run: setup
@@ -44,5 +51,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint tools/node_modules/.package-lock.json browser-setup
+test: lint tools/node_modules/.package-lock.json browser-setup redis-setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
+
+# The Ray backend's tests (a local Ray cluster on 127.0.0.1): the optional `ray` extra, then only the tests
+# marked `ray`. CI runs it after `make test`; the plain install and `make test` never need Ray.
+$(VENV)/.ray-extra: $(BIN)/att3d pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray]"
+	touch $@
+
+test-ray: $(VENV)/.ray-extra redis-setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/pytest -m ray
