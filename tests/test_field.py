@@ -135,7 +135,9 @@ def test_head_infer_without_hidden_layers_and_in_double_precision() -> None:
     features, points = torch.randn(33, 8), torch.rand(33, 3) * 2 - 1
     with torch.no_grad():
         expected = field.head(features.clone(), points)
-    assert all(torch.equal(a, b) for a, b in zip(field.head.infer(features, points, chunk=5), expected))
+    assert all(
+        torch.equal(a, b) for a, b in zip(field.head.infer(features, points, chunk=16), expected, strict=True)
+    )
     double = field.head.to(torch.float64)
     density, _ = double.infer(features.double(), points.double())
     assert density.dtype == torch.float64
