@@ -85,7 +85,6 @@ class FieldHead(nn.Module):
             density = F.softplus(density_raw)
         return density, torch.sigmoid(raw[..., 1:])
 
-
     @torch.no_grad()
     def infer(self, features: Tensor, points: Tensor, chunk: int = INFER_CHUNK) -> tuple[Tensor, Tensor]:
         """:meth:`forward` for inference on many points (float32, no autograd), ``chunk`` points at a time.
@@ -117,7 +116,11 @@ class FieldHead(nn.Module):
             torch.addmm(linears[-1].bias, h, weights[-1], out=raw[start:end])
         # A contiguous copy, as in forward: softplus may round a strided input differently.
         density_raw = (raw[:, 0] + self.config.density_bias).add_(self.blob(points))
-        density = trunc_exp(density_raw) if self.config.density_activation == "trunc_exp" else F.softplus(density_raw)
+        density = (
+            trunc_exp(density_raw)
+            if self.config.density_activation == "trunc_exp"
+            else F.softplus(density_raw)
+        )
         return density, torch.sigmoid(raw[:, 1:])
 
 
