@@ -70,6 +70,12 @@ def test_refine_job_lifecycle_result_and_preview(client):
     listed = {j["id"]: j for j in client.get("/v1/jobs").json()}
     assert listed[job["id"]]["kind"] == "refine"
 
+    # A refine job's checkpoint is one prompt's field, not a model: loading it as one is 409 naming it.
+    loaded = client.post("/v1/models", json={"name": "refined", "job_id": job["id"]})
+    assert loaded.status_code == 409 and loaded.json()["fields"][0]["field"] == "job_id"
+    assert "refine job" in loaded.json()["message"] and "/result" in loaded.json()["message"]
+    assert "refined" not in {m["name"] for m in client.get("/v1/models").json()["models"]}
+
     # A training job has no mesh: 409 naming it.
     train = client.post("/v1/jobs", json=job_request(steps=2)).json()
     assert train["kind"] == "train" and train["result_url"] is None
