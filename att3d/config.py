@@ -365,6 +365,9 @@ class TrainConfig:
     """Seed of the initialization and of every random draw (rank r draws from ``seed + r``)."""
     device: StrictStr = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    workers: Annotated[PositiveInt, Field(le=1024)] = 1
+    """Processes of the Ray runner (``att3d.training.ray_train``: Ray Train workers, one DDP group); under
+    ``torchrun`` its ``--nproc-per-node`` decides, and ``att3d.training.loop.train`` alone runs one."""
     log_every: NonNegativeInt = 10
     """Steps between TensorBoard scalar writes (0: no TensorBoard)."""
     preview_every: NonNegativeInt = 250

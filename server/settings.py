@@ -103,16 +103,45 @@ class ServerSettings:
     """Most prompts one training job may have."""
     max_queued_jobs: int = 64
     """Most jobs waiting in ``queued``; another ``POST /v1/jobs`` is refused with 429 + ``Retry-After``."""
+    job_backend: str = "local"
+    """Where job processes run: ``local`` (subprocesses of the server) or ``ray`` (Ray jobs on a cluster,
+    ``server.jobs.ray_launcher``; needs the ``ray`` extra)."""
+    ray_address: str = ""
+    """``job_backend=ray``: the cluster's job-submission address (its dashboard, ``http://HEAD:8265``).
+    Empty: attach to a cluster running on this machine, else start one in the server (its jobs then stop
+    with the server)."""
+    ray_job_num_cpus: float = 1.0
+    """``job_backend=ray``: CPUs reserved for each job process (0 with ``att3d.training.ray_train:train``,
+    whose training workers reserve their own)."""
+    ray_job_num_gpus: float = 0.0
+    """``job_backend=ray``: GPUs reserved for each job process (1 for single-process GPU training)."""
+    max_job_workers: int = 1
+    """Largest ``config.workers`` (training processes) a job may ask for; more than 1 needs a runner that
+    honours it, ``att3d.training.ray_train:train``."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.cors_origins = tuple(self.cors_origins)
         self.job_priors = tuple(self.job_priors)
         problems = []
-        for name in ("max_body_bytes", "max_batch_size", "queue_size", "max_frames", "max_queued_jobs"):
+        for name in (
+            "max_body_bytes",
+            "max_batch_size",
+            "queue_size",
+            "max_frames",
+            "max_queued_jobs",
+            "max_job_workers",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "cache_bytes", "max_running_jobs", "job_cancel_grace_s"):
+        for name in (
+            "max_wait_ms",
+            "cache_bytes",
+            "max_running_jobs",
+            "job_cancel_grace_s",
+            "ray_job_num_cpus",
+            "ray_job_num_gpus",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.deadline_margin < 1:
@@ -134,8 +163,22 @@ class ServerSettings:
         for name in ("job_runner", "refine_runner"):
             if ":" not in getattr(self, name):
                 problems.append(f"{name} must look like 'module:function', got {getattr(self, name)!r}")
+        problems += self._job_backend_problems()
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def _job_backend_problems(self) -> list[str]:
+        problems = []
+        if self.job_backend not in ("local", "ray"):
+            problems.append(f"job_backend must be 'local' or 'ray', got {self.job_backend!r}")
+        elif self.job_backend == "local" and self.ray_address:
+            problems.append("ray_address is used only with job_backend='ray' (set ATT3D_JOB_BACKEND=ray)")
+        if self.max_job_workers > 1 and self.job_runner == "att3d.training.loop:train":
+            problems.append(
+                f"max_job_workers={self.max_job_workers} needs a runner that starts that many processes "
+                "(job_runner=att3d.training.ray_train:train); att3d.training.loop:train runs one"
+            )
+        return problems
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:

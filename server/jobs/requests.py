@@ -47,6 +47,14 @@ def build_train_config(request: JobRequest, settings: ServerSettings) -> TrainCo
             f"config.prior: {config.prior!r} is not allowed here (allowed: {', '.join(settings.job_priors)})",
             "config",
         )
+    if config.workers > settings.max_job_workers:
+        raise ServiceError(
+            422,
+            "invalid_request",
+            f"config.workers: {config.workers} training processes; this server's limit is "
+            f"{settings.max_job_workers} (ATT3D_MAX_JOB_WORKERS)",
+            "config",
+        )
     from att3d.prompts import load_prompt_set
 
     try:

@@ -1,5 +1,6 @@
 """The server side of jobs (:class:`JobManager`): the store, start-up recovery and a scheduler thread that
-starts one process per job (``python -m server.jobs.worker``), cancels and reaps them.
+starts one process per job (``python -m server.jobs.worker``) through a backend
+(:mod:`~server.jobs.launchers`: a local subprocess or a Ray job), cancels and reaps them.
 
 The scheduler outlives an unusable store: each failing tick is logged once per kind, job processes it could
 not reap stay on its list, and when the store works again it reaps them and reconciles ``running`` rows
@@ -8,12 +9,7 @@ not reap stay on its list, and when the store works again it reaps them and reco
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,10 +18,11 @@ from typing import Any
 from att3d.config import to_dict
 from att3d.training.run_folder import latest_checkpoint
 from server.errors import ServiceError
-from server.jobs.processes import process_alive, process_start_time
+from server.jobs.launchers import Exit, JobHandle, Launcher, LaunchError, worker_command
+from server.jobs.local_launcher import LocalLauncher
 from server.jobs.recovery import FaultLog, clear_result, open_store, read_result
 from server.jobs.requests import build_train_config, request_digest
-from server.jobs.store import JobStoreUnavailable
+from server.jobs.store import JobStore, JobStoreUnavailable
 from server.schemas import JobRequest, RefineRequest
 from server.settings import ServerSettings
 
@@ -33,6 +30,17 @@ logger = logging.getLogger(__name__)
 
 DB_FILE = "jobs.sqlite"
 RUNS_DIR = "runs"
+STOP_CONFIRM_S = 10.0
+"""At shutdown, how long after ``job_cancel_grace_s`` (and the kill) the server waits to see jobs end."""
+
+
+def make_launcher(settings: ServerSettings, store: JobStore) -> Launcher:
+    """The backend ``settings.job_backend`` names (``ServerSettings`` has checked the name)."""
+    if settings.job_backend == "ray":
+        from server.jobs.ray_launcher import RayLauncher
+
+        return RayLauncher(settings, store)
+    return LocalLauncher(store)
 
 
 class JobManager:
@@ -44,8 +52,8 @@ class JobManager:
         self.runs_dir = settings.data_dir / RUNS_DIR
         self.store = open_store(settings.data_dir / DB_FILE, self.runs_dir)
         self._faults = FaultLog(logger, "the job scheduler")
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._adopted: dict[str, tuple[int, str | None]] = {}
+        self.launcher = make_launcher(settings, self.store)
+        self._running: dict[str, JobHandle] = {}
         self._signalled: dict[str, float] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -62,40 +70,54 @@ class JobManager:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop scheduling; ask running job processes to save and exit (SIGTERM), SIGKILL stragglers."""
+        """Stop scheduling; ask running job processes to save and exit (SIGTERM), kill stragglers. A backend
+        whose jobs outlive the server (a Ray cluster) leaves them running for the next start to re-attach."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10.0)
-        for proc in self._procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+        if self.launcher.outlives_server and self._running:
+            logger.info("%d running jobs left on their cluster for the next start", len(self._running))
+        elif self._running:
+            self._stop_all()
+        self._running.clear()
+        self.launcher.close()
+
+    def _stop_all(self) -> None:
+        for handle in self._running.values():
+            handle.terminate()
         deadline = time.monotonic() + self.settings.job_cancel_grace_s
-        for job_id, proc in list(self._procs.items()):
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            try:
-                self._reap(job_id, proc.returncode)
-            except JobStoreUnavailable as err:  # the next start marks it from its run folder
-                logger.warning("job %s ended as the server stopped, unrecorded: %s", job_id, err.reason)
-        self._procs.clear()
+        pending = dict(self._running)
+        while pending and time.monotonic() < deadline + STOP_CONFIRM_S:
+            for job_id, handle in list(pending.items()):
+                if time.monotonic() > deadline:
+                    handle.kill()
+                ended = handle.poll()
+                if ended is None:
+                    continue
+                del pending[job_id]
+                try:
+                    self._reap(job_id, ended)
+                except JobStoreUnavailable as err:  # the next start marks it from its run folder
+                    logger.warning("job %s ended as the server stopped, unrecorded: %s", job_id, err.reason)
+            time.sleep(0.05)
+        for job_id in pending:  # a backend that cannot be asked now; the next start finds out
+            logger.warning("job %s: not confirmed stopped as the server stopped", job_id)
 
     def store_problem(self) -> str | None:
         """Why the job store cannot be used now (``None``: it can); what ``/readyz`` reports."""
         return self.store.problem()
 
     def recover(self) -> None:
-        """After a restart (or the store's return): adopt job processes that still run, record the others'
-        outcome from their run folder or mark them interrupted. Jobs this scheduler watches are left alone."""
+        """After a restart (or the store's return): re-attach to job processes that may still run (the
+        backend decides), record the others' outcome from their run folder or mark them interrupted. Jobs
+        this scheduler watches are left alone."""
         for row in self.store.list(state="running", limit=1_000_000):
-            if row["id"] in self._procs or row["id"] in self._adopted:
+            if row["id"] in self._running:
                 continue
-            if process_alive(row["pid"], row["pid_start"]):
-                # Its parent is gone, so it is stopping on its own; watch it until it has.
-                self._adopted[row["id"]] = (row["pid"], row["pid_start"])
+            handle = self.launcher.reattach(row)
+            if handle is not None:
+                self._running[row["id"]] = handle
             else:
                 self._mark_interrupted(row, "the server stopped while the job was running")
 
@@ -180,94 +202,59 @@ class JobManager:
             self._wake.clear()
 
     def _tick(self) -> None:
-        for job_id, proc in list(self._procs.items()):
-            code = proc.poll()
-            if code is not None:
-                self._reap(job_id, code)  # forgotten only once recorded: a broken store retries it
-                del self._procs[job_id]
-        for job_id, (pid, start) in list(self._adopted.items()):
-            if not process_alive(pid, start):
-                row = self.store.get(job_id)
-                if row is not None and row["state"] == "running":
-                    self._mark_interrupted(row, "the server restarted while the job was running")
-                del self._adopted[job_id]
+        for job_id, handle in list(self._running.items()):
+            ended = handle.poll()
+            if ended is not None:
+                self._reap(job_id, ended)  # forgotten only once recorded: a broken store retries it
+                del self._running[job_id]
         self._signal_cancelled()
-        while not self._stop.is_set() and self._running_count() < self.settings.max_running_jobs:
+        while not self._stop.is_set() and len(self._running) < self.settings.max_running_jobs:
             row = self.store.claim_next()
             if row is None:
                 break
             self._spawn(row)
 
-    def _running_count(self) -> int:
-        return len(self._procs) + len(self._adopted)
-
     def _spawn(self, row: dict[str, Any]) -> None:
         run_dir = Path(row["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         clear_result(run_dir)  # a new attempt: the last one's outcome must not be taken for this one's
-        command = [
-            sys.executable,
-            "-m",
-            "server.jobs.worker",
-            "--db",
-            str(self.store.path),
-            "--job",
-            row["id"],
-            "--runner",
-            self.settings.job_runner,
-            "--refine-runner",
-            self.settings.refine_runner,
-        ]
         try:
-            with open(run_dir / "worker.log", "ab") as log:
-                # A session of its own: a Ctrl-C meant for the server does not kill training mid-step.
-                proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        except OSError as err:
-            self.store.finish(row["id"], "failed", error=f"cannot start the job process: {err}")
+            handle = self.launcher.launch(row, worker_command(self.settings, self.store, row["id"]))
+        except LaunchError as err:
+            self.store.finish(row["id"], "failed", error=str(err))
             return
-        self._procs[row["id"]] = proc  # watched even if the store fails now
-        logger.info("job %s started in process %d", row["id"], proc.pid)
-        self.store.set_pid(row["id"], proc.pid, process_start_time(proc.pid))
+        self._running[row["id"]] = handle  # watched even if the store fails now
+        handle.record()
 
     def _signal_cancelled(self) -> None:
-        """SIGTERM running jobs whose cancel was requested; SIGKILL them after the grace period."""
+        """Ask running jobs whose cancel was requested to stop (SIGTERM); kill them after the grace period."""
         now = time.monotonic()
         for row in self.store.list(state="running", limit=1_000_000):
-            if not row["cancel_requested"]:
+            handle = self._running.get(row["id"])
+            if not row["cancel_requested"] or handle is None:
                 continue
-            job_id = row["id"]
-            pid = self._procs[job_id].pid if job_id in self._procs else self._adopted.get(job_id, (None,))[0]
-            if pid is None or not process_alive(pid, row["pid_start"]):
-                continue
-            first = self._signalled.setdefault(job_id, now)
-            sig = signal.SIGKILL if now - first > self.settings.job_cancel_grace_s else signal.SIGTERM
-            if first == now or sig == signal.SIGKILL:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+            first = self._signalled.setdefault(row["id"], now)
+            if first == now:
+                handle.terminate()
+            elif now - first > self.settings.job_cancel_grace_s:
+                handle.kill()
 
-    def _reap(self, job_id: str, code: int) -> None:
-        """A job process exited: if it did not record an outcome itself, record one for it."""
+    def _reap(self, job_id: str, ended: Exit) -> None:
+        """A job process ended: if it did not record an outcome itself, record one for it."""
         self._signalled.pop(job_id, None)
         row = self.store.get(job_id)
         if row is None or row["state"] != "running" or self._record_result(row):
             return
         if row["cancel_requested"]:
             self.store.finish(job_id, "canceled", checkpoint=self._checkpoint_path(row))
-        elif code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            self._mark_interrupted(row, f"the job process was killed by {name}")
+        elif ended.interrupted is not None:
+            self._mark_interrupted(row, ended.interrupted)
         else:
+            how = f"exited with status {ended.code}" if ended.code is not None else f"ended ({ended.detail})"
             self.store.finish(
                 job_id,
                 "failed",
-                error=f"the job process exited with status {code} without a result; see {row['run_dir']}"
-                "/worker.log",
+                error=f"the job process {how} without a result; see {row['run_dir']}/worker.log",
                 checkpoint=self._checkpoint_path(row),
             )
 

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    submission_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -62,7 +63,12 @@ _REQUIRED = {
     ),
     "idempotency_keys": "key, request_sha256, job_id, created_at",
 }
-"""The columns this code reads: a table without one of them is the wrong schema (more tables are fine)."""
+"""The columns this code reads: a table without one of them is the wrong schema (more tables are fine).
+Columns added later (:data:`_MIGRATIONS`) are not listed: an older store is migrated, not moved aside."""
+
+_MIGRATIONS = (("jobs", "submission_id", "TEXT"),)
+"""Columns added since the first schema, one per ``PRAGMA user_version``: ``submission_id`` is the launcher's
+id of the running attempt (a Ray job submission id), kept after it ends so its logs can be found."""
 
 QUEUED_JOBS_RETRY_AFTER_S = 60
 """``Retry-After`` when the job queue is full: a queued job waits for a training run, minutes at least."""
@@ -108,6 +114,7 @@ class JobStore:
         with self._connect(create=True) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
         self.initialized = True
 
     @contextlib.contextmanager
@@ -272,10 +279,19 @@ class JobStore:
                 return None
             db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?, "
-                "error = NULL, pid = NULL, pid_start = NULL WHERE id = ? AND state = 'queued'",
+                "error = NULL, pid = NULL, pid_start = NULL, submission_id = NULL "
+                "WHERE id = ? AND state = 'queued'",
                 (now, now, row["id"]),
             )
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+
+    def set_submission(self, job_id: str, submission_id: str) -> None:
+        """Record the launcher's id of the running attempt (before it is launched, so a restart finds it)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET submission_id = ? WHERE id = ? AND state = 'running'",
+                (submission_id, job_id),
+            )
 
     def set_pid(self, job_id: str, pid: int, pid_start: str | None) -> None:
         with self._transaction() as db:
@@ -357,6 +373,18 @@ class JobStore:
                 tuple(row.values()),
             )
             return cursor.rowcount == 1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns of :data:`_MIGRATIONS` a store created by older code lacks (in ``BEGIN IMMEDIATE``:
+    two processes opening the same old file cannot both add one)."""
+    db.execute("BEGIN IMMEDIATE")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for table, column, kind in _MIGRATIONS[version:]:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:  # not a fresh file
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.execute(f"PRAGMA user_version = {max(version, len(_MIGRATIONS))}")
+    db.execute("COMMIT")
 
 
 def describe(err: BaseException) -> str:

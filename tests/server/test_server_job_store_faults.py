@@ -130,10 +130,10 @@ def test_a_running_job_survives_its_store_being_overwritten(tmp_path, restored):
             assert "job store" in client.get("/readyz").json()["reason"]
             time.sleep(1.0)  # ~20 steps whose progress cannot be written
             if restored == "after_exit":
-                proc = client.app.state.jobs._procs[job["id"]]
+                proc = client.app.state.jobs._running[job["id"]].proc
                 assert proc.wait(60) == 0
                 time.sleep(0.5)  # scheduler ticks that cannot record it
-                assert job["id"] in client.app.state.jobs._procs
+                assert job["id"] in client.app.state.jobs._running
             _restore(db, backup)
             final = wait_for_job(client, job["id"], lambda s: s["state"] != "running", timeout_s=60)
     assert final["state"] == "succeeded" and final["step"] == 60 and final["checkpoint_available"], final
