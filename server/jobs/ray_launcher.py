@@ -44,6 +44,8 @@ STATUS_POLL_S = 1.0
 """How often a running Ray job's status is asked for (an HTTP request to the cluster)."""
 SUBMIT_RETRY_S = 60.0
 """How long a submission the cluster refuses for now ("no available agent": it is starting) is retried."""
+SUBMIT_RETRY_DELAY_S = 1.0
+"""Pause between two such tries."""
 
 
 def submission_id(row: dict[str, Any]) -> str:
@@ -173,7 +175,7 @@ class RayLauncher:
             except Exception as err:  # RuntimeError, ConnectionError, requests'
                 if "try again later" not in str(err) or time.monotonic() > deadline:
                     raise LaunchError(f"cannot submit the job to Ray: {describe(err)}") from err
-                time.sleep(1.0)
+                time.sleep(SUBMIT_RETRY_DELAY_S)
         logger.info("job %s submitted to Ray as %s", row["id"], sid)
         return RayJobHandle(self, sid)
 

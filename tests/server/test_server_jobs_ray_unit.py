@@ -164,16 +164,17 @@ def _until(manager, job_id, until, timeout_s: float = 20.0) -> dict:
 def test_a_ray_job_is_submitted_with_the_job_process_and_its_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ATT3D_CACHE", "/somewhere/cache")
     monkeypatch.setenv("UNRELATED_SECRET", "x")
-    monkeypatch.setattr("server.jobs.ray_launcher.time.sleep", lambda s: None)
+    monkeypatch.setattr("server.jobs.ray_launcher.SUBMIT_RETRY_DELAY_S", 0.01)
     client = FakeRayJobs()
     client.refusals = 2  # the cluster's job agent is still starting
     manager = _ray_manager(tmp_path, client)
     manager.start()
     try:
         job, _ = manager.submit(JobRequest.model_validate(job_request()), None)
-        row = _until(manager, job["id"], lambda r: r["state"] == "running" and r["submission_id"])
         sid = f"att3d-{job['id']}-1"
-        assert row["submission_id"] == sid and client.jobs[sid]["recorded_before"] == sid
+        row = _until(manager, job["id"], lambda r: sid in client.jobs)
+        assert row["state"] == "running" and row["submission_id"] == sid
+        assert client.jobs[sid]["recorded_before"] == sid
         submitted = client.jobs[sid]
         assert (
             f"-m server.jobs.worker --db {manager.store.path.resolve()} --job {job['id']}"
