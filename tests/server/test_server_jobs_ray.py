@@ -185,8 +185,9 @@ def test_two_gloo_workers_stopped_then_resumed_to_a_loadable_model(tmp_path, ray
 
 
 def _fake_settings(tmp: Path, url: str):  # -> ServerSettings
-    """The fake trainer (``server_fakes``) in one Ray job process: the backend without Ray Train."""
-    return _settings(tmp, url, job_runner="server_fakes:fake_train", ray_job_num_cpus=1.0)
+    """The fake runners (``server_fakes``) in one Ray job process: the backend without Ray Train."""
+    fakes = {"job_runner": "server_fakes:fake_train", "refine_runner": "server_fakes:fake_refine"}
+    return _settings(tmp, url, ray_job_num_cpus=1.0, **fakes)
 
 
 def _fake_request(steps: int):  # -> JobRequest
@@ -196,7 +197,17 @@ def _fake_request(steps: int):  # -> JobRequest
     return JobRequest.model_validate({"prompts": ["a red cube"], "config": config})
 
 
-def test_cancel_of_a_ray_job_ends_canceled_at_a_checkpoint(tmp_path, ray_cluster):
+REFINE = {
+    "kind": "refine",
+    "prompt": "a red cube",
+    "format": "glb",
+    "refine": {"steps": 6, "preview_every": 2, "checkpoint_every": 2},
+}
+"""A refine job's stored config (``server.jobs.refine_requests``), run by the fake refine runner."""
+
+
+def test_cancel_of_a_ray_job_and_a_refine_job_on_ray(tmp_path, ray_cluster):
+    """A running Ray job cancelled ends canceled at a checkpoint; a refine job runs there to its result."""
     with isolated_environment(tmp_path), pytest.MonkeyPatch.context() as patch:
         patch.setenv(STEP_SECONDS_ENV, "0.05")
         with _manager(_fake_settings(tmp_path, ray_cluster)) as manager:
@@ -204,8 +215,14 @@ def test_cancel_of_a_ray_job_ends_canceled_at_a_checkpoint(tmp_path, ray_cluster
             _wait(manager, job["id"], lambda r: r["state"] == "running" and r["step"] >= 3)
             assert manager.cancel(job["id"])["cancel_requested"]
             done = _wait(manager, job["id"], _ended, timeout_s=60)
+
+            refine, _ = manager.store.create({"refine": {}}, REFINE, 6, manager.runs_dir)
+            manager._wake.set()
+            refined = _wait(manager, refine["id"], _ended, timeout_s=60)
     assert done["state"] == "canceled", (done, _log(done))
     assert 3 <= done["step"] < 2000 and done["checkpoint"].endswith(f"step_{done['step']:07d}")
+    assert refined["state"] == "succeeded" and refined["step"] == 6, (refined, _log(refined))
+    assert (Path(refined["run_dir"]) / "result.glb").stat().st_size > 0
 
 
 def test_a_restarted_manager_reattaches_to_a_running_ray_job(tmp_path, ray_cluster):

@@ -13,9 +13,11 @@ from types import SimpleNamespace
 import pytest
 from server_fakes import job_request, settings_for
 
+from server.errors import ServiceError
 from server.jobs.launchers import Exit, LaunchError
 from server.jobs.local_launcher import LocalLauncher
 from server.jobs.ray_launcher import RayJobHandle, RayLauncher
+from server.jobs.requests import build_train_config
 from server.jobs.scheduler import JobManager, make_launcher
 from server.jobs.store import JobStore
 from server.schemas import JobRequest
@@ -51,6 +53,15 @@ def test_backend_settings_from_the_environment():
 def test_backend_settings_are_checked(values, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ServerSettings(**values)
+
+
+def test_a_job_asks_for_at_most_max_job_workers_processes(tmp_path):
+    request = JobRequest.model_validate(job_request(workers=2))
+    with pytest.raises(ServiceError, match=r"config.workers: 2 training processes; this server's limit is 1"):
+        build_train_config(request, settings_for(tmp_path))
+    ray_runner = settings_for(tmp_path, job_runner="att3d.training.ray_train:train", max_job_workers=2)
+    assert build_train_config(request, ray_runner).workers == 2
+    assert build_train_config(JobRequest.model_validate(job_request()), ray_runner).workers == 1
 
 
 def test_the_backend_is_chosen_by_the_setting(tmp_path):
