@@ -107,9 +107,9 @@ class ServerSettings:
     """Where job processes run: ``local`` (subprocesses of the server) or ``ray`` (Ray jobs on a cluster,
     ``server.jobs.ray_launcher``; needs the ``ray`` extra)."""
     ray_address: str = ""
-    """``job_backend=ray``: the cluster's job-submission address (its dashboard, ``http://HEAD:8265``).
-    Empty: attach to a cluster running on this machine, else start one in the server (its jobs then stop
-    with the server)."""
+    """``job_backend=ray``: the cluster's job-submission address (its dashboard, ``http://HEAD:8265``; also
+    ``HEAD:6379`` or ``auto``, the cluster running on this machine). Empty: the server starts a cluster of its
+    own, whose jobs stop with the server."""
     ray_job_num_cpus: float = 1.0
     """``job_backend=ray``: CPUs reserved for each job process (0 with ``att3d.training.ray_train:train``,
     whose training workers reserve their own)."""

@@ -3,8 +3,9 @@
 The Ray job's entrypoint is the very job process the local backend starts (``python -m server.jobs.worker``,
 same interpreter path, same working folder, its output appended to the run folder's ``worker.log``), so
 the job process still writes progress and its outcome to the job store and watches its cancel flag: state,
-progress, cancel and resume work as they do locally, provided the job process sees the store and the run
-folder (one machine, or ``ATT3D_DATA_DIR`` on a filesystem every node mounts at the same path).
+progress, cancel and resume work as they do locally, provided the job process runs where the SQLite store
+is a local file (the server's machine: SQLite's locking does not hold across machines; an entrypoint with no
+resources runs on the head node) and its training workers see the run folder at the same path.
 
 - Submission id ``att3d-<job id>-<attempt>``, recorded in the store (``submission_id``) before it is
   submitted, so a restarted server finds the attempt; resources ``ray_job_num_cpus``/``ray_job_num_gpus``;
@@ -14,10 +15,11 @@ folder (one machine, or ``ATT3D_DATA_DIR`` on a filesystem every node mounts at 
 - Reaping polls the job's status: RUNNING/PENDING is running; SUCCEEDED/FAILED is an exit (a negative
   exit status is a signal: interrupted); STOPPED or a job the cluster does not know (a restarted cluster)
   is interrupted. The scheduler maps them as it maps a local exit (``JobManager._reap``).
-- With ``ray_address`` set the jobs outlive the server: a graceful stop leaves them running and the next
-  start re-attaches (a job still RUNNING stays ``running``; one that ended meanwhile is reaped). With it
-  empty the server attaches to a cluster already running on this machine, else starts one in-process, and
-  then its jobs stop with the server (``interrupted``), like local ones.
+- With ``ray_address`` set (``http://HEAD:8265``, or ``auto``: the cluster running on this machine) the jobs
+  outlive the server: a graceful stop leaves them running and the next start re-attaches (a job still
+  RUNNING stays ``running``; one that ended meanwhile is reaped). With it empty the server starts a
+  cluster of its own at the first submission, whose jobs stop with the server (``interrupted``), as local
+  ones do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import shlex
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,34 +122,52 @@ class RayLauncher:
         self.outlives_server = bool(settings.ray_address)
         self.faults = FaultLog(logger, "asking the Ray cluster about jobs")
         self._client: Any = None
+        self._closed = threading.Event()
         self._local = LocalLauncher(store)
 
     @property
     def client(self) -> Any:
-        """The ``JobSubmissionClient``, connected at first use (from the scheduler's thread: Ray ties a
-        cluster it starts to the thread that started it)."""
+        """The ``JobSubmissionClient``, made at first use (``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS`` in
+        the environment take precedence over ``ray_address``: Ray's rule)."""
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.settings.ray_address or self._local_cluster())
+            self._client = JobSubmissionClient(self.settings.ray_address or self._own_cluster())
         return self._client
 
-    def _local_cluster(self) -> str:
-        """Attach to the cluster running on this machine, else start one here; its dashboard's address."""
-        import ray
+    def _own_cluster(self) -> str:
+        """Start a cluster in this process (or use the one it is connected to); its dashboard's address.
 
-        if not ray.is_initialized():
+        Ray ties the processes it starts to the thread that starts them (they get SIGKILL when it ends), so
+        a thread of its own starts the cluster and lives until :meth:`close`.
+        """
+        started: queue.Queue[Any] = queue.Queue()
+
+        def hold() -> None:
+            import ray
+
             try:
-                context = ray.init(address="auto", log_to_driver=False)
-                self.outlives_server = True
-            except ConnectionError:
-                context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-        else:
-            context = ray.init(ignore_reinit_error=True)
-        if not context.dashboard_url:
-            raise LaunchError("the local Ray cluster runs no dashboard, which Ray job submission needs")
-        logger.info("jobs run on the local Ray cluster, dashboard http://%s", context.dashboard_url)
-        return f"http://{context.dashboard_url}"
+                if ray.is_initialized():
+                    context = ray.init(ignore_reinit_error=True)
+                else:
+                    context = ray.init(
+                        address="local",
+                        include_dashboard=True,
+                        dashboard_host="127.0.0.1",
+                        log_to_driver=False,
+                    )
+            except Exception as err:
+                started.put(err)
+                return
+            started.put(context.dashboard_url)
+            self._closed.wait()
+
+        threading.Thread(target=hold, name="att3d-ray-cluster", daemon=True).start()
+        url = started.get()
+        if isinstance(url, Exception) or not url:
+            raise LaunchError(f"cannot start a Ray cluster with a dashboard (job submission needs it): {url}")
+        logger.info("jobs run on a Ray cluster started by the server, dashboard http://%s", url)
+        return f"http://{url}"
 
     def launch(self, row: dict[str, Any], command: list[str]) -> RayJobHandle:
         sid = submission_id(row)
@@ -185,4 +207,5 @@ class RayLauncher:
         return self._local.reattach(row)  # started by the local backend before a switch
 
     def close(self) -> None:
-        """Nothing to release: the client is plain HTTP, and a cluster started here stops with the process."""
+        """A cluster the server started stops now (the client itself is plain HTTP)."""
+        self._closed.set()
