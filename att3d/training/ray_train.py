@@ -110,13 +110,13 @@ def train(
     relay.start()
     try:
         trainer.fit()
+        result = ray.get(channel.outcome.remote())
     except Exception as err:
         raise TrainingError(f"Ray Train failed: {_worker_failure(err)}") from None
     finally:
         done.set()
         relay.join()
-    result = ray.get(channel.outcome.remote())
-    ray.kill(channel)
+        ray.kill(channel)
     if result is None:
         raise TrainingError("Ray Train ended without a result from rank 0")
     checkpoint = Path(result["checkpoint"]) if result["checkpoint"] else None
