@@ -129,7 +129,7 @@ def _generate(client, prompt: str, **extra):
 
 
 def test_answers_as_the_local_engine_with_x_replica(tmp_path, local_engine):
-    with remote_client(tmp_path, local_engine) as (client, handle, engine):
+    with remote_client(tmp_path, local_engine) as (client, handle, _):
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["models"] == ["default"]
         assert client.get("/v1/models").json()["models"] == local_engine.models()
@@ -152,7 +152,7 @@ def test_answers_as_the_local_engine_with_x_replica(tmp_path, local_engine):
 
 def test_a_dead_replica_is_retried_then_answered_503(tmp_path, local_engine):
     died = ray_exceptions.ActorDiedError()
-    with remote_client(tmp_path, local_engine, retries=2) as (client, handle, engine):
+    with remote_client(tmp_path, local_engine, retries=2) as (client, handle, _):
         handle.failures = [died, ray_exceptions.ActorUnavailableError("gone", None)]
         retried = _generate(client, "a retried cube")
         assert retried.status_code == 200 and retried.headers["x-replica"] == "r1"
@@ -177,7 +177,7 @@ def test_refusals_keep_their_status_and_retry_after(tmp_path, local_engine):
             "headers": {"Retry-After": "7"},
         }
     }
-    with remote_client(tmp_path, local_engine) as (client, handle, engine):
+    with remote_client(tmp_path, local_engine) as (client, handle, _):
         handle.failures = [back_pressure, queue_full]
         busy = _generate(client, "a busy cube")
         assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
@@ -213,6 +213,8 @@ def test_identical_requests_in_flight_share_one_call(tmp_path, local_engine):
 
 
 def test_not_ready_without_an_answer_and_501_for_runtime_loads(tmp_path, local_engine):
+    from server.errors import ServiceError
+
     with remote_client(tmp_path, local_engine, answer_timeout_s=0.2) as (client, handle, engine):
         assert client.get("/readyz").status_code == 200
         handle.hang_describe = True
@@ -224,9 +226,9 @@ def test_not_ready_without_an_answer_and_501_for_runtime_loads(tmp_path, local_e
         assert ready.json()["reason"].startswith("no generation replica answered within 0.2 s")
         # The last known models still serve: a replica may answer the request though one poll failed.
         assert _generate(client, "a cube in the dark").status_code == 200
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(ServiceError) as refused:
             engine.load_model("other", "/some/checkpoint")
         assert refused.value.status == 501 and "--model other=DIR" in refused.value.message
-        with pytest.raises(Exception) as refine:
+        with pytest.raises(ServiceError) as refine:
             engine.run_on_worker(lambda: None)
         assert refine.value.status == 501 and "refine" in refine.value.message
