@@ -90,7 +90,14 @@ class Generation:
             engine.stop()
 
 
-@serve.deployment(name=INGRESS, num_replicas=1, max_ongoing_requests=INGRESS_MAX_ONGOING)
+# No CPU reserved: it only parses requests and awaits replicas (as Serve's own proxy reserves none), and a
+# reservation would leave it unscheduled on a machine whose CPUs the generation replicas already take.
+@serve.deployment(
+    name=INGRESS,
+    num_replicas=1,
+    max_ongoing_requests=INGRESS_MAX_ONGOING,
+    ray_actor_options={"num_cpus": 0},
+)
 @serve.ingress()
 class Ingress:
     """The HTTP API: the routes, schemas, errors and headers of ``att3d serve``, plus ``X-Replica``."""

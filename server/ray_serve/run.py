@@ -8,8 +8,10 @@ it on exit, leaving the cluster and any other Serve application running.
 
 from __future__ import annotations
 
+import math
+import os
 import signal
-import threading
+import time
 from collections.abc import Callable
 
 from server.ray_serve.options import RayServeOptions
@@ -17,6 +19,10 @@ from server.settings import ServerSettings
 
 APP_NAME = "att3d"
 """The Serve application's name (``serve status`` lists it)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class RayBackendMissing(RuntimeError):
@@ -41,21 +47,26 @@ def serve_on_ray(
         ) from None
     from server.ray_serve.deployments import bind
 
-    ray.init(address=address or "local")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if address is None:
+        # A local cluster gets enough logical CPUs for the replicas asked for (they then share the cores)
+        # rather than leaving some unscheduled, which would block the deployment forever.
+        wanted = math.ceil(options.replicas * options.replica_cpus)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, wanted))
+    else:
+        ray.init(address=address)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C, even while deploying
     try:
         serve.start(http_options={"host": host, "port": port})
+        echo(f"deploying {options.replicas} generation replica(s) and the ingress (models load first)")
         serve.run(bind(options, settings), name=APP_NAME, route_prefix="/")
         echo(
-            f"att3d serving on Ray at http://{host}:{port}/ ({options.replicas} generation replica(s), "
-            f"models: {', '.join(options.model_refs())}); Ctrl-C stops it"
+            f"att3d serving on Ray at http://{host}:{port}/ (models: {', '.join(options.model_refs())}); "
+            "Ctrl-C stops it"
         )
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         echo("stopping the Ray Serve application")
