@@ -275,6 +275,7 @@ class RemoteEngine:
             self._ready = False
             why = f"no generation replica answered within {self.answer_timeout_s:g} s ({type(err).__name__})"
             self.load_error = why
+            self.metrics.ready.set(0.0)
             return
         self._models = state["models"]
         self.default_model = state["default_model"]
@@ -282,6 +283,7 @@ class RemoteEngine:
         self._saturated = state["saturated"]
         self.load_error = state["load_error"]
         self._answered_at = self.clock()
+        self.metrics.ready.set(1.0 if self.ready else 0.0)
 
     async def _ask(self, method: str, *args: Any) -> Any:
         response = getattr(self._handle, method).remote(*args)
