@@ -17,8 +17,7 @@ import httpx
 import pytest
 from server_fakes import TESTS_DIR, job_request, settings_for, started_client, tiny_generator
 
-pytestmark = pytest.mark.ray
-ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # Ray is imported inside the tests: the plain run collects this module
 
 APP = "att3d"
 RES = 16
@@ -40,6 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A local Ray cluster whose workers import ``tests/`` (the fake model) and keep caches in tmp."""
+    import ray
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("ray_serve")
@@ -174,6 +174,8 @@ def test_killing_a_replica_mid_load(service):
     """Requests on the killed replica are tried again on the other: every request answers 200, and Serve
     starts a replacement (two replicas RUNNING again, answering). Eight clients keep requests in flight on
     both replicas (Serve routes each to the less loaded of two), so the kill interrupts some."""
+    import ray
+
     prompts = [f"a sphere under fire {i}" for i in range(40)]
     answers: list[httpx.Response] = []
     lock = threading.Lock()

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from server_fakes import isolated_environment, settings_for, tiny_generator
 
-pytestmark = pytest.mark.ray
-ray_exceptions = pytest.importorskip("ray.exceptions")
-serve_exceptions = pytest.importorskip("ray.serve.exceptions")
+pytestmark = pytest.mark.ray  # Ray is imported inside the tests: the plain run collects this module
 
 RES = 16
 
@@ -151,6 +149,8 @@ def test_answers_as_the_local_engine_with_x_replica(tmp_path, local_engine):
 
 
 def test_a_dead_replica_is_retried_then_answered_503(tmp_path, local_engine):
+    from ray import exceptions as ray_exceptions
+
     died = ray_exceptions.ActorDiedError()
     with remote_client(tmp_path, local_engine, retries=2) as (client, handle, _):
         handle.failures = [died, ray_exceptions.ActorUnavailableError("gone", None)]
@@ -167,7 +167,9 @@ def test_a_dead_replica_is_retried_then_answered_503(tmp_path, local_engine):
 
 
 def test_refusals_keep_their_status_and_retry_after(tmp_path, local_engine):
-    back_pressure = serve_exceptions.BackPressureError(num_queued_requests=3, max_queued_requests=3)
+    from ray.serve.exceptions import BackPressureError
+
+    back_pressure = BackPressureError(num_queued_requests=3, max_queued_requests=3)
     queue_full = {
         "error": {
             "status": 429,
