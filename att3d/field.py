@@ -28,6 +28,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 from att3d.config import FieldConfig
 from att3d.encoding import HashGridEncoding, interpolate_levels
 
+INFER_CHUNK = 16384
+"""Points per chunk of :meth:`FieldHead.infer` (4k-64k measured alike on a 2-core Ice Lake; the whole
+array at once is 2x slower)."""
+
 
 class _TruncExp(torch.autograd.Function):
     """exp with a clamped argument in the backward pass, so large densities cannot blow up gradients."""
@@ -80,6 +84,44 @@ class FieldHead(nn.Module):
         else:
             density = F.softplus(density_raw)
         return density, torch.sigmoid(raw[..., 1:])
+
+    @torch.no_grad()
+    def infer(self, features: Tensor, points: Tensor, chunk: int = INFER_CHUNK) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for inference on many points (float32, no autograd), ``chunk`` points at a time.
+
+        Same values (each output row is the same float32 operations on the same inputs; tested); faster on
+        the CPU because a chunk's activations (``chunk x hidden_dim`` floats) stay in the L2 cache and the
+        same buffers serve every chunk, instead of full ``[N, hidden_dim]`` arrays written to and read back
+        from memory (2x faster for the 478k points of a 128³ mesh on one core).
+        """
+        linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
+        if len(linears) * 2 - 1 != len(self.mlp) or features.dtype != torch.float32:
+            return self(features, points)  # not the Linear/SiLU stack this loop assumes
+        n = features.shape[0]
+        raw = torch.empty(n, 4, dtype=torch.float32, device=features.device)
+        buffers = [
+            torch.empty(min(chunk, n), layer.out_features, dtype=torch.float32, device=features.device)
+            for layer in linears[:-1]
+        ]
+        weights = [layer.weight.t() for layer in linears]
+        for start in range(0, n, chunk):
+            # A short last chunk overlaps the one before instead: every matmul then has ``chunk`` rows
+            # (BLAS may round a row differently in a few-row product, e.g. one row is a matrix-vector).
+            start = max(0, min(start, n - chunk))
+            end = min(start + chunk, n)
+            h = features[start:end]
+            for layer, weight, buffer in zip(linears[:-1], weights, buffers, strict=False):
+                h = torch.addmm(layer.bias, h, weight, out=buffer[: end - start])
+                F.silu(h, inplace=True)
+            torch.addmm(linears[-1].bias, h, weights[-1], out=raw[start:end])
+        # A contiguous copy, as in forward: softplus may round a strided input differently.
+        density_raw = (raw[:, 0] + self.config.density_bias).add_(self.blob(points))
+        density = (
+            trunc_exp(density_raw)
+            if self.config.density_activation == "trunc_exp"
+            else F.softplus(density_raw)
+        )
+        return density, torch.sigmoid(raw[:, 1:])
 
 
 def _to_unit_cube(points: Tensor, bound: float) -> Tensor:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import trimesh
 
 from att3d.cameras import sample_cameras
@@ -112,8 +113,49 @@ def refine(
         from att3d.priors.registry import load_prior
 
         prior = load_prior(prior_name, device=generator.device)
-    target = RefineTarget(prompt, warm_field(generator, prompt), generator.config, generator.encoder.id)
-    return refine_field(target, prior, config or RefineConfig(), **kwargs)
+    config = config or RefineConfig()
+    prior_prompt = known_prior_prompt(generator, prior, prompt) if config.prior_text == "nearest" else None
+    target = RefineTarget(
+        prompt, warm_field(generator, prompt), generator.config, generator.encoder.id, prior_prompt
+    )
+    return refine_field(target, prior, config, **kwargs)
+
+
+def known_prior_prompt(generator, prior: DiffusionPrior, prompt: str) -> str | None:
+    """A prompt the prior knows for ``prompt`` (``RefineConfig.prior_text="nearest"``): ``None`` (use the
+    prompt) for an open-vocabulary prior or a prompt the prior was trained on; else the prior prompt of the
+    generator's nearest training prompt (the generator learned from many more wordings than the prior:
+    "matte apricot ball" -> "an orange sphere", where the prior's own nearest phrasing is a cyan ball),
+    or without training prompts, the prior's nearest known prompt by its text conditioning."""
+    known = prior.known_prompts()
+    if known is None or prompt in known:
+        return None
+    familiarity = generator.familiarity(prompt)
+    if familiarity is not None:
+        return training_prior_prompts(generator).get(familiarity.nearest, familiarity.nearest)
+    with torch.no_grad():
+        query = F.normalize(prior.encode_text([prompt]).flatten(1).float(), dim=1)
+        table = F.normalize(prior.encode_text(known).flatten(1).float(), dim=1)
+    return known[int((table @ query[0]).argmax())]
+
+
+def training_prior_prompts(generator) -> dict[str, str]:
+    """Training prompt -> the prompt the prior was taught with for it (``PromptSet.prior_prompts``),
+    rebuilt from the checkpoint's training config; empty when they are the same prompts or the set cannot
+    be rebuilt here."""
+    from att3d.config import ConfigError, PromptSetConfig
+    from att3d.prompts import load_prompt_set
+
+    prompts = (generator.metadata or {}).get("train_config", {}).get("prompts")
+    if not isinstance(prompts, dict) or prompts.get("source") != "shapes":
+        return {}  # only ShapesWorld sets teach the prior other words than the training prompts
+    try:
+        prompt_set = load_prompt_set(PromptSetConfig(**prompts))
+    except (ConfigError, TypeError, ValueError):
+        return {}
+    if prompt_set.prior_prompts is None:
+        return {}
+    return dict(zip(prompt_set.train, prompt_set.prior_prompts, strict=True))
 
 
 def mesh_refined(field: PromptField, mesh_config: MeshConfig, device: torch.device | str = "cpu"):

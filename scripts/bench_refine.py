@@ -32,6 +32,7 @@ from att3d.refine import (
     RefineTarget,
     fresh_prompt_field,
     from_scratch_config,
+    known_prior_prompt,
     refine_field,
     warm_field,
 )
@@ -133,6 +134,10 @@ def main() -> None:
         "--picks", default="", help="save the picked prompts here, or reuse them if it exists"
     )
     parser.add_argument("--unfrozen-cases", type=int, default=3, help="worst cases also refined unfrozen")
+    parser.add_argument(
+        "--nearest", action="store_true", help="also refine with prior_text=nearest (every prompt)"
+    )
+    parser.add_argument("--only-worst", action="store_true", help="with --picks: only the worst cases")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="", help="write every curve here")
     parser.add_argument("--report", default="", help="only summarize the JSON an earlier run wrote")
@@ -165,15 +170,25 @@ def main() -> None:
     )
     refine_marks = [m for m in (8, 16, 32, 64, 128) if m <= args.refine_steps]
     scratch_marks = [m for m in (32, 64, 128, 256, 512) if m <= args.scratch_steps]
-    variants = [("refine", True)] + ([("refine-unfrozen", False)] if args.unfrozen else [])
+    variants = [("refine", True, "prompt")]
+    variants += [("refine-unfrozen", False, "prompt")] if args.unfrozen else []
+    variants += [("refine-nearest", True, "nearest")] if args.nearest else []
+    if args.only_worst:
+        cases = [(g, c) for g, c in cases if g == "worst"]
     rows = []
     unfrozen_left = args.unfrozen_cases
     for group, case in cases:
         row = {"group": group, "prompt": case.prompt, "object": f"{case.obj.color} {case.obj.shape}"}
-        for name, frozen in variants:
+        for name, frozen, prior_text in variants:
             if not frozen and not (group == "worst" and unfrozen_left > 0):
                 continue
-            target = RefineTarget(case.prompt, warm_field(generator, case.prompt), generator.config)
+            prior_prompt = (
+                known_prior_prompt(generator, prior, case.prompt) if prior_text == "nearest" else None
+            )
+            if prior_text == "nearest":
+                row["prior_prompt"] = prior_prompt or case.prompt
+            field = warm_field(generator, case.prompt)
+            target = RefineTarget(case.prompt, field, generator.config, prior_prompt=prior_prompt)
             config = RefineConfig(steps=args.refine_steps, freeze_head=frozen, views=args.views)
             row[name] = curve(target, prior, config, refine_marks, case, generator, settings)
         r = row["refine"][-1]
@@ -188,6 +203,8 @@ def main() -> None:
         if "refine-unfrozen" in row:
             unfrozen_left -= 1
             line += f" | unfrozen {row['refine-unfrozen'][-1]['iou']:.3f}"
+        if "refine-nearest" in row:
+            line += f" | nearest ({row['prior_prompt']}) {row['refine-nearest'][-1]['iou']:.3f}"
         rows.append(row)
         print(line, flush=True)
         if args.json:  # after every prompt: a run cut short keeps what it measured
@@ -207,7 +224,7 @@ def report(rows: list[dict], refine_steps: int, scratch_steps: int) -> None:
     for group in groups:
         chosen = rows if group == "all" else [r for r in rows if r["group"] == group]
         print(f"\n{group} ({len(chosen)} prompts): mean iou / surface colour right / R-precision / seconds")
-        for key in ("refine", "refine-unfrozen", "scratch"):
+        for key in ("refine", "refine-unfrozen", "refine-nearest", "scratch"):
             having = [r for r in chosen if key in r]
             if not having:
                 continue
@@ -230,7 +247,7 @@ def report(rows: list[dict], refine_steps: int, scratch_steps: int) -> None:
             f"reaches it at step {reached} (target <= {scratch_steps // 5})"
         )
     worst = [r for r in rows if r["group"] == "worst"]
-    for key in ("refine", "refine-unfrozen"):
+    for key in ("refine", "refine-unfrozen", "refine-nearest"):
         having = [r for r in worst if key in r]
         if having and refine_steps >= 64:
             gain = _mean(having, key, 64, "iou") - _mean(having, key, 0, "iou")

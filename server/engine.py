@@ -7,7 +7,8 @@ looks up the cache and waits on futures).
 Life of a request (:meth:`Engine.submit`):
 
 1. the key is ``sha256(model hash, canonical request)``; a cached result is answered at once;
-2. a request identical to one already queued or running joins it (one computation, many waiters);
+2. a request identical to one already queued or running joins it (one computation, many waiters); with a
+   shared cache, so does one that another replica computes (:mod:`server.cache.single_flight`);
 3. otherwise it enters the queue if it can finish in time (:mod:`server.admission`: its estimated cost
    behind the queue's estimated work must end before its deadline), or is refused at once: 429 or 503 with
    ``Retry-After``; past ``queue_size`` waiting requests it is refused 429 too;
@@ -49,11 +50,13 @@ from att3d.familiarity import Familiarity
 from att3d.generate import Generator
 from server import mesh_spec
 from server.admission import Clock, CostModel, TooSlow, retry_after
+from server.cache.factory import make_result_cache
+from server.cache.single_flight import single_flight
 from server.errors import ServiceError
 from server.memory import free_memory, release_freed_memory
 from server.mesh_spec import MeshSpec, batch_meshes, batched_body_alone, classify_error
 from server.metrics import Metrics
-from server.result_cache import GenerationResult, ResultCache
+from server.result_cache import GenerationResult
 from server.settings import ServerSettings
 from server.work_queue import WorkQueue
 
@@ -114,7 +117,7 @@ class Engine:
             raise ValueError("models: the engine needs at least one model")
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.cache = ResultCache(settings.cache_bytes)
+        self.cache = make_result_cache(settings, self.metrics)
         self.clock = clock
         self.costs = costs or CostModel(stale_s=settings.cost_stale_s, clock=clock)
         self._sources = dict(models)
@@ -142,6 +145,7 @@ class Engine:
         self._work.close()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        self.cache.close()  # releases this replica's claims
 
     @property
     def ready(self) -> bool:
@@ -190,13 +194,13 @@ class Engine:
     def submit(self, spec: MeshSpec, key: str | None = None) -> Future[GenerationResult]:
         """A future for the result of ``spec``: joins an identical queued or running request if there is
         one, else queues it; raises :class:`QueueFull` (429) or :class:`TooSlow` (503) when it could not
-        finish before its deadline, or ``queue_size`` requests wait already."""
-        key = key or self.key(spec)
-        cached = self.cache.get(key)  # it may have landed since the caller's lookup
-        if cached is not None:
-            done: Future[GenerationResult] = Future()
-            done.set_result(cached)
-            return done
+        finish before its deadline, or ``queue_size`` requests wait already. With a shared cache, a key
+        another replica is computing is waited for instead (:mod:`server.cache.single_flight`)."""
+        key, count = key or self.key(spec), self.metrics.cache_waits.labels
+        compute, timeout = partial(self._enqueue, spec, key), self.settings.request_timeout_s
+        return single_flight(self.cache, key, compute, timeout, lambda outcome: count(outcome).inc())
+
+    def _enqueue(self, spec: MeshSpec, key: str) -> Future[GenerationResult]:
         now, timeout = self.clock(), self.settings.request_timeout_s
         due = now + timeout * (1.0 - self.settings.deadline_margin)
         cost = self.costs.cost(len(spec.walk), spec.resolution, spec.texture)
@@ -354,9 +358,7 @@ class Engine:
             generation_ms=elapsed * 1000.0,
             familiarity=familiarity,
         )
-        self.cache.put(task.key, result)
-        self.metrics.cache_bytes.set(self.cache.bytes)
-        self.metrics.cache_entries.set(len(self.cache))
+        self.cache.put(task.key, result)  # before the future settles: single_flight releases the claim then
         self._work.finish(task, result=result)
 
     def _familiarity(self, spec: MeshSpec) -> Familiarity | None:

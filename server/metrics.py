@@ -51,6 +51,19 @@ class Metrics:
         )
         self.cache_bytes = Gauge("att3d_cache_bytes", "Bytes held by the result cache.", registry=r)
         self.cache_entries = Gauge("att3d_cache_entries", "Results held by the result cache.", registry=r)
+        self.cache_errors = Counter(
+            "att3d_cache_errors",
+            "Shared result-cache (Redis) calls that failed, by operation; each was answered as a miss.",
+            ["op"],
+            registry=r,
+        )
+        self.cache_waits = Counter(
+            "att3d_cache_waits",
+            "Requests that waited for another replica computing them, by outcome (result, taken_over, "
+            "timeout).",
+            ["outcome"],
+            registry=r,
+        )
         self.rejected = Counter(
             "att3d_queue_rejections", "Requests refused with 429 because the queue was full.", registry=r
         )

@@ -191,6 +191,10 @@ class RefineRequest(_Strict):
     """Optimize only the prompt's hash grid (true) or its copy of the MLP head too."""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the cameras, timesteps and noise."""
+    prior_text: Literal["prompt", "nearest"] | None = None
+    """What the prior is conditioned on: ``prompt`` (the words as given) or ``nearest`` (a prompt the prior
+    knows, for words outside a closed-vocabulary prior's; ``att3d.refine_config.RefineConfig``); default:
+    the refine config's default."""
     preview_every: Annotated[int, Field(ge=0, le=REFINE_STEPS_RANGE[1])] | None = None
     """Write a preview GLB every this many steps (0: none); default: about eight per job."""
 

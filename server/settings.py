@@ -8,11 +8,13 @@ Every field can be set with the environment variable ``ATT3D_<FIELD NAME IN UPPE
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from att3d.limits import RESOLUTION_RANGE
 
@@ -54,7 +56,18 @@ class ServerSettings:
     """A resolution's measured cost older than this gives way to the cold-start estimate scaled by recent
     measurements at other resolutions (so a cost measured under a CPU hog does not refuse it forever)."""
     cache_bytes: int = 256 * 1024 * 1024
-    """Byte budget of the in-memory LRU result cache (0 disables it)."""
+    """Byte budget of the result cache: the in-process LRU, or with ``cache_url`` the shared one in Redis
+    (set the same on every replica); response bodies only. 0 disables caching (and claims)."""
+    cache_url: str = ""
+    """Redis shared by replicas as the result cache (``redis://HOST:PORT/DB``, ``rediss://`` or
+    ``unix://PATH``); empty: an in-process LRU. Redis being down makes misses, never failed requests."""
+    cache_prefix: str = "att3d:"
+    """Prefix of every Redis key the service writes, so deployments can share one Redis."""
+    cache_timeout_s: float = 0.5
+    """Connect and read timeout of a Redis call; past it the call counts as failed (a miss)."""
+    cache_claim_ttl_s: float = 10.0
+    """Lifetime of a replica's claim on a key it computes (renewed every third of it while it computes):
+    how long other replicas wait before taking over a key whose claimant died."""
 
     max_resolution: int = 256
     """Largest marching-cubes resolution a request may ask for (memory and time grow with its cube)."""
@@ -117,6 +130,7 @@ class ServerSettings:
             )
         if self.mesher not in ("per_request", "batched"):
             problems.append(f"mesher must be 'per_request' or 'batched', got {self.mesher!r}")
+        problems.extend(_cache_problems(self))
         for name in ("job_runner", "refine_runner"):
             if ":" not in getattr(self, name):
                 problems.append(f"{name} must look like 'module:function', got {getattr(self, name)!r}")
@@ -138,6 +152,39 @@ class ServerSettings:
             return cls(**values)  # type: ignore[arg-type]
         except TypeError as err:
             raise SettingsError(str(err)) from None
+
+
+def _cache_problems(settings: ServerSettings) -> list[str]:
+    """What is wrong with the shared cache's settings (the URL is not echoed: it may hold a password)."""
+    problems = [
+        f"{name} must be > 0, got {getattr(settings, name)}"
+        for name in ("cache_timeout_s", "cache_claim_ttl_s")
+        if not getattr(settings, name) > 0
+    ]
+    if not settings.cache_prefix:
+        problems.append("cache_prefix must not be empty (it keeps this service's Redis keys apart)")
+    url = settings.cache_url
+    if not url:
+        return problems
+    what = "cache_url (ATT3D_CACHE_URL)"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number in range
+    except ValueError:
+        return [*problems, f"{what} has an invalid port"]
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    db = parse_qs(parts.query).get("db", [db])[0]
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        problems.append(f"{what} must be redis://HOST[:PORT][/DB], rediss://... or unix://PATH")
+    elif parts.scheme == "unix" and not parts.path:
+        problems.append(f"{what} names no socket path")
+    elif parts.scheme != "unix" and not parts.hostname:
+        problems.append(f"{what} names no host")
+    elif db and not db.isdigit():
+        problems.append(f"{what}: the database must be a number")
+    elif importlib.util.find_spec("redis") is None:
+        problems.append(f"{what} needs the redis package: pip install 'att3d[redis]'")
+    return problems
 
 
 def _parse(tp: object, raw: str, var: str) -> object:

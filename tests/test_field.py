@@ -110,3 +110,34 @@ def test_head_in_place_activations_give_the_autograd_values(activation) -> None:
     )
     assert torch.equal(fast_density, expected)
     assert torch.equal(fast_albedo, torch.sigmoid(raw[:, 1:]))
+
+
+@pytest.mark.parametrize("activation", ["trunc_exp", "softplus"])
+@pytest.mark.parametrize("chunk", [64, 100, 1000])
+def test_head_infer_in_chunks_equals_the_forward_pass(activation, chunk) -> None:
+    """Inference in cache-sized chunks (the meshing path on the CPU) gives the forward pass's values bit
+    for bit, including a last chunk of one point (513 = 8 x 64 + 1)."""
+    torch.manual_seed(1)
+    field = AmortizedField(tiny_config(density_activation=activation, hidden_layers=3))
+    features, points = torch.randn(513, 8), torch.rand(513, 3) * 2 - 1
+    with torch.no_grad():
+        density, albedo = field.head(features.clone(), points)
+    fast_density, fast_albedo = field.head.infer(features, points, chunk=chunk)
+    assert fast_density.shape == (513,) and fast_albedo.shape == (513, 3)
+    assert torch.equal(fast_density, density) and torch.equal(fast_albedo, albedo)
+    assert not fast_density.requires_grad
+
+
+def test_head_infer_without_hidden_layers_and_in_double_precision() -> None:
+    """A head with no hidden layer still works; float64 features take the plain forward pass."""
+    torch.manual_seed(2)
+    field = AmortizedField(tiny_config(hidden_layers=0))
+    features, points = torch.randn(33, 8), torch.rand(33, 3) * 2 - 1
+    with torch.no_grad():
+        expected = field.head(features.clone(), points)
+    assert all(
+        torch.equal(a, b) for a, b in zip(field.head.infer(features, points, chunk=16), expected, strict=True)
+    )
+    double = field.head.to(torch.float64)
+    density, _ = double.infer(features.double(), points.double())
+    assert density.dtype == torch.float64

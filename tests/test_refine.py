@@ -16,6 +16,7 @@ from att3d.refine import (
     RefineTarget,
     fresh_prompt_field,
     from_scratch_config,
+    known_prior_prompt,
     mesh_refined,
     refine,
     refine_field,
@@ -148,3 +149,47 @@ def test_a_fresh_field_is_the_untrained_baseline(generator):
         t.shape for t in warm_field(generator, PROMPT).grid.tables
     ]
     assert max(float(t.abs().max()) for t in field.grid.tables) <= 1e-4  # training's initial scale
+
+
+class ClosedVocabularyPrior(ToyPrior):
+    """A toy prior that knows three prompts and records what it is conditioned on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def known_prompts(self) -> list[str]:
+        return ["a red cube", "a blue sphere", "a green cone"]
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        self.seen.extend(prompts)
+        return super().encode_text(prompts)
+
+
+def test_prior_text_nearest_conditions_a_closed_prior_on_a_prompt_it_knows(generator):
+    closed = ClosedVocabularyPrior()
+    assert known_prior_prompt(generator, ToyPrior(), "a shiny red cube") is None  # open vocabulary
+    assert known_prior_prompt(generator, closed, "a green cone") is None  # known: kept as given
+    nearest = generator.familiarity("a shiny red cube").nearest
+    assert nearest in ("a red cube", "a blue sphere")  # the generator's training prompts
+    assert known_prior_prompt(generator, closed, "a shiny red cube") == nearest
+
+    config = RefineConfig(steps=1, prior_text="nearest", **FAST)
+    refine(generator, "a shiny red cube", config, prior=closed)
+    assert nearest in closed.seen and "a shiny red cube" not in closed.seen
+    closed.seen.clear()
+    refine(generator, "a shiny red cube", RefineConfig(steps=1, **FAST), prior=closed)  # default: as given
+    assert "a shiny red cube" in closed.seen
+    with pytest.raises(ConfigError, match=r"refine\.prior_text"):
+        RefineConfig(prior_text="canonical")
+
+
+def test_the_bundled_models_training_wordings_map_to_their_objects_prior_prompts():
+    from att3d.generate import Generator
+    from att3d.refine import training_prior_prompts
+    from att3d.shapes.world import parse_prompt
+
+    mapping = training_prior_prompts(Generator.default())
+    assert len(mapping) == 1960  # 40 wordings of 49 objects (configs/shapes_default.yaml)
+    for wording, prior_prompt in list(mapping.items())[::97]:
+        assert parse_prompt(wording) == parse_prompt(prior_prompt) and prior_prompt.startswith("a")

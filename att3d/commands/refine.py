@@ -37,6 +37,14 @@ def refine_command(
     ] = True,
     prior: Annotated[str, typer.Option("--prior", help="Diffusion prior (default: the model's).")] = "",
     seed: Annotated[int, typer.Option("--seed", help="Seed of cameras, timesteps and noise.")] = 0,
+    prior_text: Annotated[
+        str | None,
+        typer.Option(
+            "--prior-text",
+            help="prompt: condition the prior on the prompt as given; nearest: on the nearest prompt it "
+            "knows (for words a closed-vocabulary prior was not trained on). Default: the refine config's.",
+        ),
+    ] = None,
     resolution: ResolutionOption = None,
     texture: TextureOption = "vertex",
 ) -> None:
@@ -46,6 +54,8 @@ def refine_command(
 
         validate_prompt(prompt)
         check_mesh_options(output, resolution, texture)
+        if prior_text not in (None, "prompt", "nearest"):
+            raise UserError(f"--prior-text must be prompt or nearest, got {prior_text!r}")
         if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
             raise UserError(f"--steps must be in [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}], got {steps}")
         start = time.perf_counter()
@@ -56,7 +66,8 @@ def refine_command(
         prior_name = prior or _model_prior(generator)
         loaded_prior = load_prior(prior_name, device=generator.device)
         loaded = time.perf_counter()
-        config = RefineConfig(steps=steps, freeze_head=freeze_head, seed=seed)
+        choice = {} if prior_text is None else {"prior_text": prior_text}
+        config = RefineConfig(steps=steps, freeze_head=freeze_head, seed=seed, **choice)
         result = refine(generator, prompt, config, loaded_prior, progress=True)
         if result.status != "completed":
             raise UserError(f"refine stopped at step {result.step} of {steps}; nothing written")

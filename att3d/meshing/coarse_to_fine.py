@@ -287,12 +287,15 @@ class CoarseToFineMesher:
 
         # Which grid each vertex came from; then sort vertices (and remap faces) by grid.
         starts_t = torch.as_tensor(starts, device=self.device, dtype=torch.float32)
-        owner = torch.searchsorted(starts_t, vertices[:, 0].contiguous(), right=True) - 1
-        order = torch.argsort(owner, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=self.device)
-        vertices, owner, faces = vertices[order], owner[order], rank[faces]
-        faces = faces[torch.argsort(owner[faces[:, 0]], stable=True)]
+        if len(group) == 1:  # already sorted: the stable sorts below would be the identity
+            owner = torch.zeros(len(vertices), dtype=torch.int64, device=self.device)
+        else:
+            owner = torch.searchsorted(starts_t, vertices[:, 0].contiguous(), right=True) - 1
+            order = torch.argsort(owner, stable=True)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(order), device=self.device)
+            vertices, owner, faces = vertices[order], owner[order], rank[faces]
+            faces = faces[torch.argsort(owner[faces[:, 0]], stable=True)]
 
         # Floaters out (extract_mesh's rule), then drop the vertices no face uses any more.
         faces = faces[keep_large_components(faces, owner, len(group), self.config.min_component_fraction)]

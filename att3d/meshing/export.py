@@ -108,14 +108,28 @@ def y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     handing the turned vertex normals to the new mesh spares trimesh recomputing them from the faces
     (~0.1 s at 128³, issue #16). The faces are shared, not copied (the exporters only read them).
     """
-    rotation = Y_UP_FROM_Z_UP[:3, :3]
     return trimesh.Trimesh(
-        vertices=mesh.vertices @ rotation.T,
+        vertices=_turned(mesh.vertices),
         faces=mesh.faces,
-        vertex_normals=mesh.vertex_normals @ rotation.T,
-        visual=mesh.visual.copy(),
+        vertex_normals=_turned(mesh.vertex_normals),
+        visual=_visual_copy(mesh.visual),
         process=False,
     )
+
+
+def _turned(xyz: np.ndarray) -> np.ndarray:
+    """``xyz @ Y_UP_FROM_Z_UP[:3, :3].T`` as the axis swap it is, ``(x, z, -y)``: the same values (products
+    with 0 and ±1 are exact; zeros come out +0, never -0) at a tenth of a 3x3 matrix product's time (~7 ms
+    per array at 128³)."""
+    return np.column_stack((xyz[:, 0] + 0.0, xyz[:, 2] + 0.0, 0.0 - xyz[:, 1]))
+
+
+def _visual_copy(visual):
+    """A copy of ``visual``; vertex colours are copied alone, because ``ColorVisuals.copy`` first derives
+    per-face colours from them (~14 ms for a 64³ mesh) that no exporter reads from a vertex-coloured mesh."""
+    if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
+        return trimesh.visual.ColorVisuals(vertex_colors=visual.vertex_colors.copy())
+    return visual.copy()
 
 
 def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:

@@ -241,6 +241,8 @@ def evaluate_head(
     activation and the outputs stay float32 (the iso-level test needs them).
     """
     if dtype == torch.float32:
+        if features.device.type == "cpu":  # cache-sized chunks, same values (FieldHead.infer)
+            return field.head.infer(features.float(), points)
         return field.head(features.float(), points)
     with torch.autocast(points.device.type, dtype=dtype):
         density, albedo = field.head(features.float(), points)

@@ -67,6 +67,11 @@ class DiffusionPrior(ABC):
         Pixel priors resize to ``image_size`` and map to [-1, 1]; latent priors run the VAE encoder.
         """
 
+    def known_prompts(self) -> list[str] | None:
+        """The prompts the prior was trained on when it knows only those (a closed vocabulary, as the
+        bundled ShapesWorld prior), else ``None`` (an open-vocabulary prior such as Stable Diffusion)."""
+        return None
+
     @abstractmethod
     def noise_pred(
         self, x_t: Tensor, t: Tensor, cond: PriorCondition, uncond: PriorCondition, guidance_scale: float

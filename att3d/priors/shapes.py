@@ -242,6 +242,13 @@ class ShapesPrior(DiffusionPrior):
             )
         return encoder.encode(prompts).to(self.device)
 
+    def known_prompts(self) -> list[str]:
+        """Every phrasing of every object of the prior split: what the bundled prior was trained on
+        (``scripts/train_shapes_prior.py``); a word outside them conditions it on little more than noise."""
+        from att3d.shapes.splits import load_splits
+
+        return [prompt for obj in load_splits().prior for prompt in obj.prompts]
+
     def unconditional_text(self, batch: int) -> Tensor:
         """The zero text vector ``[batch, 384]`` the prior was trained with for text dropout."""
         return torch.zeros(batch, self.config.text_dim, device=self.device)

@@ -61,6 +61,7 @@ def build_refine_job(
             steps=request.steps,
             freeze_head=request.freeze_head,
             seed=request.seed,
+            **({} if request.prior_text is None else {"prior_text": request.prior_text}),
             preview_every=every,
             checkpoint_every=max(1, request.steps // PREVIEWS_PER_JOB),
         )

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from att3d.familiarity import Familiarity
 from att3d.generate import interpolation_weights
+from server.cache.single_flight import off_loop
 from server.deps import EngineDep, SettingsDep
 from server.engine import Engine
 from server.errors import ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, limit_error, not_ready
@@ -134,11 +135,12 @@ async def _answer(
     model_hash = engine.model_info(spec.model)["model_hash"]  # type: ignore[index]
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=_headers(None, etag, "revalidated", model_hash))
-    cached = engine.lookup(key)
+    cached = await off_loop(engine.cache, engine.lookup, key)  # Redis calls run off the event loop
     if cached is not None:
         result, cache = cached, "hit"
     else:
-        future = engine.submit(spec, key)  # QueueFull is a ServiceError: 429 with Retry-After
+        # QueueFull is a ServiceError: 429 with Retry-After.
+        future = await off_loop(engine.cache, engine.submit, spec, key)
         try:
             # shield: one waiter giving up must not cancel the computation other waiters share.
             result = await asyncio.wait_for(

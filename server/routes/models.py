@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from fastapi import Path as PathParam
 from server.deps import EngineDep, JobsDep
 from server.engine import Engine
 from server.errors import BODY_ERROR_RESPONSES, ERROR_RESPONSES, V1_ERROR_RESPONSES, ServiceError, not_ready
+from server.jobs.refine_requests import REFINE, job_kind
 from server.schemas import ErrorResponse, LoadModelRequest, ModelInfo, ModelList, PromptList
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,14 @@ async def load_model(
     row = await asyncio.to_thread(jobs.store.get, body.job_id)
     if row is None:
         raise ServiceError(404, "not_found", f"no job with id {body.job_id!r}", "job_id")
+    if job_kind(json.loads(row["config"])) == REFINE:
+        raise ServiceError(
+            409,
+            "conflict",
+            f"job {body.job_id} is a refine job: its result is one prompt's mesh "
+            f"(GET /v1/jobs/{body.job_id}/result), not a model; give a training job's id",
+            "job_id",
+        )
     if row["state"] != "succeeded" or not row["checkpoint"]:
         raise ServiceError(
             409, "conflict", f"job {body.job_id} is {row['state']}; only a succeeded job's model loads"

@@ -39,6 +39,10 @@ def test_argument_errors_are_one_line_exit_2(tmp_path) -> None:
         (["refine", "a red cube", "-o", str(tmp_path / "a.stl")], "unsupported output extension '.stl'"),
         (["refine", "   ", "-o", str(tmp_path / "a.glb")], "whitespace"),
         (["refine", "a red cube", "-o", str(tmp_path / "a.glb"), "-c", str(tmp_path / "nope")], "not found"),
+        (
+            ["refine", "a red cube", "-o", str(tmp_path / "a.glb"), "--prior-text", "canonical"],
+            "--prior-text must be prompt or nearest",
+        ),
     ]
     for args, words in cases:
         result = run(*args)

@@ -43,10 +43,14 @@ def test_y_up_turns_vertices_and_normals_and_keeps_colours():
     mesh.visual.vertex_colors = np.arange(len(mesh.vertices) * 4).reshape(-1, 4) % 256
     turned = y_up(mesh)
     rotation = Y_UP_FROM_Z_UP[:3, :3]
-    np.testing.assert_allclose(turned.vertices, mesh.vertices @ rotation.T)
-    np.testing.assert_allclose(turned.vertex_normals, mesh.vertex_normals @ rotation.T)
+    # Exactly the rotation's values (the axis swap, not a matrix product), with no negative zeros.
+    np.testing.assert_array_equal(turned.vertices, mesh.vertices @ rotation.T)
+    np.testing.assert_array_equal(turned.vertex_normals, mesh.vertex_normals @ rotation.T)
+    assert not np.signbit(turned.vertex_normals[turned.vertex_normals == 0]).any()
     # The normals handed over match what trimesh derives from the turned faces (winding kept).
     derived = trimesh.Trimesh(turned.vertices, turned.faces, process=False).vertex_normals
     np.testing.assert_allclose(turned.vertex_normals, derived, atol=1e-12)
     np.testing.assert_array_equal(turned.visual.vertex_colors, mesh.visual.vertex_colors)
     assert turned.vertices[:, 1].max() == mesh.vertices[:, 2].max()  # +z became +y
+    turned.visual.vertex_colors[:, 0] = 0  # the colours are a copy
+    assert mesh.visual.vertex_colors[:, 0].any()

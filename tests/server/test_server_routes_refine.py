@@ -70,6 +70,12 @@ def test_refine_job_lifecycle_result_and_preview(client):
     listed = {j["id"]: j for j in client.get("/v1/jobs").json()}
     assert listed[job["id"]]["kind"] == "refine"
 
+    # A refine job's checkpoint is one prompt's field, not a model: loading it as one is 409 naming it.
+    loaded = client.post("/v1/models", json={"name": "refined", "job_id": job["id"]})
+    assert loaded.status_code == 409 and loaded.json()["fields"][0]["field"] == "job_id"
+    assert "refine job" in loaded.json()["message"] and "/result" in loaded.json()["message"]
+    assert "refined" not in {m["name"] for m in client.get("/v1/models").json()["models"]}
+
     # A training job has no mesh: 409 naming it.
     train = client.post("/v1/jobs", json=job_request(steps=2)).json()
     assert train["kind"] == "train" and train["result_url"] is None
@@ -120,6 +126,7 @@ BAD_REFINES = [
     ({"prompt": "a red cube", "resolution": 64}, "resolution", "above this server's limit 32"),
     ({"prompt": "a red cube", "freeze_head": "yes"}, "freeze_head", "boolean"),
     ({"prompt": "a red cube", "lr": 1}, "lr", "Extra inputs"),
+    ({"prompt": "a red cube", "prior_text": "canonical"}, "prior_text", "'prompt' or 'nearest'"),
 ]
 
 
@@ -150,3 +157,17 @@ def test_real_refine_runner_on_the_tiny_generator(tmp_path):
         assert result.status_code == 200
         assert_valid_glb(result.content)
         assert client.get(job["preview_url"]).content == result.content  # the last preview is the result
+
+
+def test_prior_text_reaches_the_stored_refine_config(tmp_path):
+    from server.jobs.refine_requests import build_refine_job
+    from server.schemas import RefineRequest
+
+    model = {"name": "default", "model_hash": "0" * 64, "default_resolution": 32}
+    settings = settings_for(tmp_path)
+    chosen = build_refine_job(
+        RefineRequest(prompt="a red cube", prior_text="nearest"), settings, model, "shapes"
+    )
+    default = build_refine_job(RefineRequest(prompt="a red cube"), settings, model, "shapes")
+    assert chosen["refine"]["prior_text"] == "nearest"
+    assert default["refine"]["prior_text"] == "prompt"  # RefineConfig's default
