@@ -19,6 +19,7 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
 from att3d import malloc_tuning
+from server.cache.single_flight import off_loop
 from server.engine import Engine
 from server.errors import ServiceError, not_ready
 from server.mesh_spec import MeshSpec
@@ -58,7 +59,8 @@ class Generation:
                 raise not_ready(engine.load_error)
             if engine.model_info(spec.model) is None:
                 raise ServiceError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
-            result = await asyncio.wrap_future(engine.submit(spec))
+            # Off the event loop when the cache is Redis (its calls wait on the network), as the routes do.
+            result = await asyncio.wrap_future(await off_loop(engine.cache, engine.submit, spec))
         except ServiceError as err:
             fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
             return {"replica": self._replica, "error": {**fields, "headers": err.headers}}

@@ -5,10 +5,12 @@
   ``poll_s``, so the routes' synchronous calls never wait on the network); ``ready`` means a replica
   answered ready within the last few polls.
 - ``key`` is the same sha256 as a local engine's (``MeshSpec.key``), so ETags do not depend on the backend.
-- ``lookup`` reads the ingress's own result cache (results the replicas computed for this ingress), so a
-  repeated request costs no replica call and says ``X-Cache: hit`` as with ``att3d serve``; each replica
-  keeps its engine's cache as well. Identical requests in flight share one replica call, as they share one
-  computation in a local engine.
+- ``lookup`` reads the ingress's result cache, so a repeated request costs no replica call and says
+  ``X-Cache: hit`` as with ``att3d serve``: with the in-process cache (the default) the results the replicas
+  computed for this ingress, kept here as well as in each replica's cache; with a shared Redis cache
+  (``ATT3D_CACHE_URL``) the one cache every replica writes, where no replica computes a key another is
+  computing (:mod:`server.cache.single_flight`). Identical requests in flight from this ingress share one
+  replica call, as they share one computation in a local engine.
 - ``submit`` calls a replica (Serve picks the less loaded of two) and returns a future, as a local engine
   does. A replica's own refusals (429 ``queue_full``, 503 ``overloaded``, ...) come back as the same
   :class:`~server.errors.ServiceError` with its ``Retry-After``. Serve's back-pressure (every replica at
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -33,11 +36,12 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from server.cache.factory import make_result_cache
 from server.errors import ServiceError
 from server.mesh_spec import MeshSpec
 from server.metrics import Metrics
 from server.ray_serve import replica_header
-from server.result_cache import GenerationResult, ResultCache
+from server.result_cache import GenerationResult
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ class RemoteEngine:
         ``model_names``: the configured models, the default first (what replicas will report)."""
         self.settings = settings
         self.metrics = metrics
-        self.cache = ResultCache(settings.cache_bytes)
+        self.cache = make_result_cache(settings, metrics)
         self.default_model = model_names[0]
         self.load_error: str | None = None
         """Why the deployment cannot serve: a replica's model load error, or no replica answering."""
@@ -92,6 +96,7 @@ class RemoteEngine:
         self._saturated = False
         self._answered_at: float | None = None
         self._inflight: dict[str, _Call] = {}
+        self._inflight_lock = threading.Lock()  # submit runs in a thread when the cache is remote
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.retried = Counter(
@@ -113,6 +118,7 @@ class RemoteEngine:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: [task.cancel() for task in list(self._tasks)])
+        self.cache.close()
 
     @property
     def ready(self) -> bool:
@@ -156,18 +162,21 @@ class RemoteEngine:
         return result
 
     def submit(self, spec: MeshSpec, key: str | None = None) -> Future[GenerationResult]:
-        """A future for the result of ``spec`` from a replica (called on the event loop); an identical
-        request already in flight is joined."""
+        """A future for the result of ``spec`` from a replica; an identical request already in flight is
+        joined. Called on the event loop, or from a thread when the cache is remote (as the routes do)."""
         key = key or self.key(spec)
-        call = self._inflight.get(key)
-        if call is None:
-            cached = self.cache.get(key)
-            if cached is not None:
-                done: Future[GenerationResult] = Future()
-                done.set_result(cached)
-                return done
-            call = self._inflight[key] = _Call()
-            self._spawn(self._generate(spec, key, call))
+        cached = self.cache.get(key)  # it may have landed since the caller's lookup
+        if cached is not None:
+            done: Future[GenerationResult] = Future()
+            done.set_result(cached)
+            return done
+        with self._inflight_lock:
+            call = self._inflight.get(key)
+            if call is None:
+                call = self._inflight[key] = _Call()
+                self._loop.call_soon_threadsafe(  # type: ignore[union-attr]  # started by the lifespan
+                    lambda: self._spawn(self._generate(spec, key, call))
+                )
         slot = replica_header.CURRENT.get()
         if slot is not None:  # X-Replica for this request, once its call is answered
             call.future.add_done_callback(lambda _: setattr(slot, "replica", call.replica))
@@ -207,7 +216,8 @@ class RemoteEngine:
                 raise ServiceError(**answer["error"])
             result: GenerationResult = answer["result"]
             info = self.model_info(spec.model)
-            if info is not None and info["model_hash"] == result.model_hash:  # not a replica mid-update
+            # A shared cache has it from the replica already; skip a replica mid-update (another model).
+            if not self.cache.remote and info is not None and info["model_hash"] == result.model_hash:
                 self.cache.put(key, result)
             _resolve(call.future, result=result)
         except ServiceError as err:
@@ -220,7 +230,8 @@ class RemoteEngine:
             message = f"the generation replica failed ({type(err).__name__})"
             _resolve(call.future, error=ServiceError(500, "internal_error", message))
         finally:
-            self._inflight.pop(key, None)
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
 
     async def _call_replica(self, spec: MeshSpec) -> dict[str, Any]:
         """A replica's answer, trying again when the replica died; Serve's back-pressure as a 503."""

@@ -1,6 +1,6 @@
 """The Ray Serve backend on a local Ray cluster (one per module): two generation replicas serving the tiny
 generator through Serve's HTTP proxy on 127.0.0.1, compared with the local app; a replica killed mid-load;
-overload answered 429/503 with ``Retry-After``."""
+the shared Redis cache across replicas; overload answered 429/503 with ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import redis_server  # noqa: F401  (a fixture)
 from server_fakes import TESTS_DIR, job_request, settings_for, started_client, tiny_generator
 
 pytestmark = pytest.mark.ray  # Ray is imported inside the tests: the plain run collects this module
@@ -216,18 +217,57 @@ def test_killing_a_replica_mid_load(service):
     assert victim not in replicas
 
 
-def test_overload_answers_429_and_503_with_retry_after(cluster):
-    """One small replica: its engine refuses past ``queue_size`` (429 queue_full), Serve's back-pressure past
-    ``max_ongoing_requests`` + ``max_queued_requests`` (503 overloaded); never a 500."""
-    engine = {"queue_size": 1, "max_batch_size": 1, "max_wait_ms": 0.0}
-    deploy(cluster, replicas=1, settings=engine, max_ongoing_requests=4, max_queued_requests=1)
-    responses = asyncio.run(_burst(cluster.url, [f"a crowded cube {i}" for i in range(24)], 32))
+def test_shared_redis_cache_across_replicas(cluster, redis_server):  # noqa: F811
+    """With ``ATT3D_CACHE_URL`` the replicas and the ingress share one cache: a mesh one replica computed is
+    the other replica's cache hit (the same result, its original generation time) and the ingress's."""
+    from ray import serve
+
+    from server.mesh_spec import MeshSpec
+    from server.ray_serve.options import GENERATION
+
+    deploy(cluster, replicas=2, settings={"cache_url": redis_server.url})
+    handle = serve.get_deployment_handle(GENERATION, app_name=APP)
+    spec = MeshSpec("default", ("a shared torus",), ((1.0,),), False, RES, "vertex", "glb")
+    answers: dict[str, object] = {}
+    deadline = time.monotonic() + 60
+    while len(answers) < 2:  # Serve picks the replica: ask until both have answered
+        answer = handle.generate.remote(spec).result()
+        answers.setdefault(answer["replica"], answer["result"])
+        assert time.monotonic() < deadline, answers.keys()
+    first, second = answers.values()
+    assert first.body == second.body and first.generation_ms == second.generation_ms  # computed once
+    assert redis_server.client.keys("att3d:*")
+    response = _generate(cluster.url, "a shared torus")
+    assert response.headers["x-cache"] == "hit" and response.content == first.body
+    assert float(response.headers["x-generation-ms"]) == pytest.approx(first.generation_ms, abs=0.05)
+
+
+def _by_status(responses: list[httpx.Response]) -> dict[int, list[httpx.Response]]:
     by_status: dict[int, list[httpx.Response]] = {}
     for response in responses:
         by_status.setdefault(response.status_code, []).append(response)
-    assert set(by_status) <= {200, 429, 503}, {s: r[0].text for s, r in by_status.items()}
-    assert 200 in by_status
-    for status, code in ((429, "queue_full"), (503, "overloaded")):
-        assert status in by_status, {s: len(r) for s, r in by_status.items()}
-        for response in by_status[status]:
-            assert response.json()["error"] == code and int(response.headers["retry-after"]) >= 1
+    return by_status
+
+
+def test_back_pressure_answers_503_with_retry_after(cluster):
+    """One replica taking one request at a time, one more waiting at the ingress: Serve refuses the rest of
+    a burst, answered 503 ``overloaded`` with ``Retry-After`` (never a 500)."""
+    deploy(cluster, replicas=1, max_ongoing_requests=1, max_queued_requests=1)
+    by_status = _by_status(asyncio.run(_burst(cluster.url, [f"a crowded cube {i}" for i in range(12)], 32)))
+    assert set(by_status) == {200, 503}, {s: r[0].text for s, r in by_status.items()}
+    for response in by_status[503]:
+        body = response.json()
+        assert body["error"] == "overloaded"
+        assert body["message"].startswith("every generation replica is busy")
+        assert int(response.headers["retry-after"]) >= 1
+
+
+def test_replica_refusals_reach_the_client_with_retry_after(cluster):
+    """The replica's own admission (``queue_size`` 1, one request per batch) refuses past its queue: 429
+    ``queue_full`` with the engine's ``Retry-After``, as ``att3d serve`` answers it."""
+    engine = {"queue_size": 1, "max_batch_size": 1, "max_wait_ms": 0.0}
+    deploy(cluster, replicas=1, settings=engine, max_ongoing_requests=16, max_queued_requests=64)
+    by_status = _by_status(asyncio.run(_burst(cluster.url, [f"a queued cube {i}" for i in range(12)], 32)))
+    assert set(by_status) == {200, 429}, {s: r[0].text for s, r in by_status.items()}
+    for response in by_status[429]:
+        assert response.json()["error"] == "queue_full" and int(response.headers["retry-after"]) >= 1
