@@ -3,6 +3,10 @@
 #   docker build -t att3d:gpu .
 #   docker run --gpus all -p 8000:8000 -v att3d-data:/data att3d:gpu [--checkpoint /models/NAME]
 #
+# With the Ray backend (Ray Serve replicas, Ray jobs; the image of a KubeRay RayService's head and workers):
+#   docker build --build-arg ATT3D_EXTRAS=ray -t att3d:gpu-ray .
+#   docker run --gpus all --shm-size=8g -p 8000:8000 -v att3d-data:/data att3d:gpu-ray --backend ray --replicas 1
+#
 # The devel base provides nvcc, which both CUDA extensions need to build. See docs/GPU.md.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 FROM ${CUDA_IMAGE}
@@ -15,6 +19,8 @@ ARG CUDA_ARCHITECTURES="80;86;89;90"
 # Git refs of the official repositories (branch, tag or commit; pin a commit for reproducible images).
 ARG TCNN_REF=master
 ARG NVDIFFRAST_REF=main
+# Optional extras of the package, comma-separated (e.g. "ray", "ray,redis"); empty: the plain service.
+ARG ATT3D_EXTRAS=
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -46,7 +52,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY att3d ./att3d
 COPY server ./server
 COPY configs ./configs
-RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt ".${ATT3D_EXTRAS:+[${ATT3D_EXTRAS}]}"
 
 # Unprivileged user; the jobs database, training runs and caches live under /data.
 RUN useradd --create-home --uid 1000 att3d && mkdir -p /data && chown att3d:att3d /data

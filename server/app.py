@@ -59,20 +59,31 @@ from server.settings import ServerSettings
 STATIC_DIR = Path(__file__).parent / "static"
 
 
+EngineFactory = Callable[[ServerSettings, Metrics], Engine]
+"""Builds the object the routes call as the engine, in place of a local :class:`Engine`: one with the
+same methods (``server.ray_serve.remote_engine.RemoteEngine`` answers them from Ray Serve replicas)."""
+
+
 def create_app(
-    settings: ServerSettings | None = None, models: Mapping[str, ModelSource] | None = None
+    settings: ServerSettings | None = None,
+    models: Mapping[str, ModelSource] | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> FastAPI:
-    """The service. ``models`` maps names to generators or loaders (default: the bundled model)."""
+    """The service. ``models`` maps names to generators or loaders (default: the bundled model);
+    ``engine_factory``, when given, supplies the engine instead (``models`` is then not used)."""
     malloc_tuning.tune()  # glibc malloc settings for meshing (att3d.malloc_tuning); idempotent
     settings = settings or ServerSettings.from_env()
-    if models is None:
-        device = settings.device
-        models = {"default": lambda: Generator.default(device=str(resolve_device(device)))}
     saved_models = SavedModels(settings.data_dir)
-    # Models added with POST /v1/models come back after the configured ones (the first stays the default).
-    models = {**models, **saved_models.loaders(models, settings.device)}
     metrics_ = Metrics()
-    engine = Engine(settings, models, metrics_)
+    if engine_factory is not None:
+        engine = engine_factory(settings, metrics_)
+    else:
+        if models is None:
+            device = settings.device
+            models = {"default": lambda: Generator.default(device=str(resolve_device(device)))}
+        # Models added with POST /v1/models come back after the configured ones (the first stays the default).
+        models = {**models, **saved_models.loaders(models, settings.device)}
+        engine = Engine(settings, models, metrics_)
     jobs = JobManager(settings)
 
     @asynccontextmanager
@@ -108,6 +119,7 @@ def create_app(
                     "X-Prompt-Familiarity",
                     "X-Prompt-Familiar",
                     "X-Prompt-Nearest",
+                    "X-Replica",  # the Ray backend's generation replica (server.ray_serve)
                     "Retry-After",
                 ],
             )

@@ -36,9 +36,6 @@ memory is released, and the worker goes on with the next request.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -184,9 +181,7 @@ class Engine:
 
     def key(self, spec: MeshSpec) -> str:
         """Cache key and ETag basis: the model's weights hash plus the canonical request."""
-        model_hash = self._info[spec.model]["model_hash"]
-        payload = json.dumps([model_hash, dataclasses.astuple(spec)], separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return spec.key(self._info[spec.model]["model_hash"])
 
     # ---- submitting work -------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -56,6 +58,12 @@ class MeshSpec:
             raise ValueError("a single-mesh request has exactly one weight vector")
         if any(len(w) != len(self.prompts) for w in self.walk):
             raise ValueError("every weight vector needs one weight per prompt")
+
+    def key(self, model_hash: str) -> str:
+        """sha256 of (model hash, canonical request): the cache key and ETag basis, wherever computed (the
+        engine, or the Ray ingress in ``server.ray_serve.remote_engine``)."""
+        payload = json.dumps([model_hash, dataclasses.astuple(self)], separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def mesh_config(generator: Generator, spec: MeshSpec) -> MeshConfig:

@@ -5,6 +5,10 @@ Models are named: the default one (``--checkpoint DIR``, or the bundled model) a
 the weights load in the model worker, so ``/livez`` answers at once and ``/readyz`` turns ready when the
 models are loaded and warmed up. Every other setting comes from ``ATT3D_*`` environment variables
 (``server.settings.ServerSettings``), the API key included: a key on the command line would show in ``ps``.
+
+``--backend ray`` serves the same API on Ray Serve (``server.ray_serve``: an ingress replica and
+``--replicas`` generation replicas, on a local Ray cluster or the one at ``--ray-address``); it needs the
+``ray`` extra, which the default backend never imports.
 """
 
 from __future__ import annotations
@@ -64,11 +68,36 @@ def serve(
         Path | None, typer.Option(help="Jobs database and training runs (default: $ATT3D_DATA_DIR).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    backend: Annotated[
+        str, typer.Option(help="local: one process (uvicorn); ray: Ray Serve replicas (the ray extra).")
+    ] = "local",
+    replicas: Annotated[
+        int | None, typer.Option(help="Generation replicas with --backend ray (default 1).", min=1)
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to deploy to with --backend ray (auto, HOST:PORT, ray://...); "
+            "default: start a local one."
+        ),
+    ] = None,
+    replica_gpus: Annotated[
+        float | None,
+        typer.Option(
+            help="GPUs per generation replica with --backend ray (default: 1 on cuda, else 0).", min=0
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and the viewer page (http://HOST:PORT/, API docs at /docs)."""
     with user_errors():
         from server.settings import ServerSettings, SettingsError
 
+        ray_only = {"--replicas": replicas, "--ray-address": ray_address, "--replica-gpus": replica_gpus}
+        if backend not in ("local", "ray"):
+            raise UserError(f"--backend must be local or ray, got {backend!r}")
+        if backend == "local" and any(v is not None for v in ray_only.values()):
+            given = ", ".join(k for k, v in ray_only.items() if v is not None)
+            raise UserError(f"{given}: only with --backend ray")
         sources = parse_models(checkpoint, model or [])
         overrides: dict[str, object] = {}
         if device is not None:
@@ -79,6 +108,9 @@ def serve(
             settings = ServerSettings.from_env(**overrides)
         except SettingsError as err:
             raise UserError(str(err)) from None
+        if backend == "ray":
+            _serve_on_ray(settings, sources, host, port, replicas or 1, ray_address, replica_gpus)
+            return
 
     import uvicorn
 
@@ -103,3 +135,29 @@ def serve(
         # Jobs get job_cancel_grace_s to save a checkpoint when the server stops.
         timeout_graceful_shutdown=int(settings.job_cancel_grace_s) + 5,
     )
+
+
+def _serve_on_ray(
+    settings,  # ServerSettings
+    sources: dict[str, Path | None],
+    host: str,
+    port: int,
+    replicas: int,
+    address: str | None,
+    replica_gpus: float | None,
+) -> None:
+    from server.ray_serve.options import RayServeOptions
+    from server.ray_serve.run import RayBackendMissing, serve_on_ray
+
+    paths = {name: str(path.resolve()) for name, path in sources.items() if path is not None}
+    options = RayServeOptions(
+        checkpoint=paths.pop(DEFAULT_MODEL, None),
+        models=paths,
+        device=settings.device,
+        replicas=replicas,
+        replica_gpus=replica_gpus,
+    )
+    try:
+        serve_on_ray(options, settings, host, port, address, echo=typer.echo)
+    except RayBackendMissing as err:
+        raise UserError(str(err)) from None
