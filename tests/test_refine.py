@@ -178,8 +178,9 @@ def test_prior_text_nearest_conditions_a_closed_prior_on_a_prompt_it_knows(gener
     refine(generator, "a shiny red cube", config, prior=closed)
     assert nearest in closed.seen and "a shiny red cube" not in closed.seen
     closed.seen.clear()
-    refine(generator, "a shiny red cube", RefineConfig(steps=1, **FAST), prior=closed)  # default: as given
+    refine(generator, "a shiny red cube", RefineConfig(steps=1, prior_text="prompt", **FAST), prior=closed)
     assert "a shiny red cube" in closed.seen
+    assert RefineConfig().prior_text == "nearest"  # the default: as given only for an open vocabulary
     with pytest.raises(ConfigError, match=r"refine\.prior_text"):
         RefineConfig(prior_text="canonical")
 

@@ -166,8 +166,8 @@ def test_prior_text_reaches_the_stored_refine_config(tmp_path):
     model = {"name": "default", "model_hash": "0" * 64, "default_resolution": 32}
     settings = settings_for(tmp_path)
     chosen = build_refine_job(
-        RefineRequest(prompt="a red cube", prior_text="nearest"), settings, model, "shapes"
+        RefineRequest(prompt="a red cube", prior_text="prompt"), settings, model, "shapes"
     )
     default = build_refine_job(RefineRequest(prompt="a red cube"), settings, model, "shapes")
-    assert chosen["refine"]["prior_text"] == "nearest"
-    assert default["refine"]["prior_text"] == "prompt"  # RefineConfig's default
+    assert chosen["refine"]["prior_text"] == "prompt"
+    assert default["refine"]["prior_text"] == "nearest"  # RefineConfig's default
