@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from att3d.devices import resolve_device
@@ -209,6 +210,19 @@ class Engine:
     def run_on_worker(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the worker thread before any queued generation (e.g. loading a model)."""
         return self._work.put_control(_Control(fn, Future()))
+
+    def snapshot_model(self, name: str, path: Path, allowed_priors: tuple[str, ...]) -> Future[str]:
+        """Save model ``name`` at ``path`` for refine jobs (once per weights), on the worker thread that owns
+        the generators; the future gives the prior its refines use (``refine_requests.snapshot_model``)."""
+        from server.jobs.refine_requests import snapshot_model
+
+        def snapshot() -> str:
+            generator = self._generators.get(name)
+            if generator is None:
+                raise ServiceError(422, "invalid_request", f"model: {name!r} is not loaded", "model")
+            return snapshot_model(generator, path, allowed_priors)
+
+        return self.run_on_worker(snapshot)
 
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
         """Load a checkpoint as model ``name`` on the worker thread; the future gives its info."""

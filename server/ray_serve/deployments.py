@@ -66,6 +66,17 @@ class Generation:
             return {"replica": self._replica, "error": {**fields, "headers": err.headers}}
         return {"replica": self._replica, "result": result}
 
+    async def snapshot(self, name: str, path: str, allowed_priors: tuple[str, ...]) -> dict[str, Any]:
+        """``{"replica", "prior"}`` once model ``name`` is saved at ``path`` for refine jobs (the data folder
+        is shared with the ingress), or ``{"replica", "error"}``."""
+        try:
+            future = self._engine.snapshot_model(name, Path(path), tuple(allowed_priors))
+            prior = await asyncio.wrap_future(future)
+        except ServiceError as err:
+            fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
+            return {"replica": self._replica, "error": {**fields, "headers": err.headers}}
+        return {"replica": self._replica, "prior": prior}
+
     async def describe(self) -> dict[str, Any]:
         """What the ingress's routes read between calls: models, readiness, queue state."""
         engine = self._engine

@@ -17,8 +17,10 @@
   ``max_ongoing_requests`` and ``max_queued_requests`` waiting) is 503 ``overloaded`` with ``Retry-After``.
   A replica that dies mid-request (``RayActorError``: died or unreachable) is retried up to ``retries``
   times, Serve routing each try again; then 503 ``replica_unavailable`` with ``Retry-After``.
-- Loading a model at run time (``POST /v1/models``) and refine jobs (``POST /v1/refine``, which snapshot a
-  loaded model on its worker) are not supported on Ray yet: 501 ``not_implemented``, saying what to do.
+- Refine jobs (``POST /v1/refine``): a replica saves the model's snapshot into the data folder it shares
+  with the ingress (:meth:`RemoteEngine.snapshot_model`); the ingress's job manager runs the job.
+- Loading a model at run time (``POST /v1/models``) is not supported on Ray yet: 501 ``not_implemented``,
+  saying what to do.
 
 Ray is imported inside the functions that need its exception types, so this module imports without it.
 """
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -182,14 +185,26 @@ class RemoteEngine:
             call.future.add_done_callback(lambda _: setattr(slot, "replica", call.replica))
         return call.future
 
-    def run_on_worker(self, fn: Callable[[], Any]) -> Future[Any]:
-        """Only refine jobs run code on a model worker; replicas do not take code from the ingress."""
-        raise ServiceError(
-            501,
-            "not_implemented",
-            "refine jobs are not supported with the Ray backend yet (they snapshot a loaded model on its "
-            "worker): run them on a server started with `att3d serve` (--backend local)",
-        )
+    def snapshot_model(self, name: str, path: Path, allowed_priors: tuple[str, ...]) -> Future[str]:
+        """A generation replica saves model ``name`` at ``path`` (the data folder the ingress's jobs read)
+        for a refine job; the future gives the prior. Called on the event loop (the refine route)."""
+        future: Future[str] = Future()
+
+        async def snapshot() -> None:
+            try:
+                answer = await self._call_replica("snapshot", name, str(path), tuple(allowed_priors))
+                if "error" in answer:
+                    raise ServiceError(**answer["error"])
+                _resolve(future, result=answer["prior"])
+            except ServiceError as err:
+                _resolve(future, error=err)
+            except Exception as err:
+                logger.exception("a generation replica failed to snapshot model %r", name)
+                message = f"the generation replica failed to save the model ({type(err).__name__})"
+                _resolve(future, error=ServiceError(500, "internal_error", message))
+
+        self._spawn(snapshot())
+        return future
 
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
         """Replicas load their models at start only, so every replica (and a replacement) has the same."""
@@ -210,7 +225,7 @@ class RemoteEngine:
 
     async def _generate(self, spec: MeshSpec, key: str, call: _Call) -> None:
         try:
-            answer = await self._call_replica(spec)
+            answer = await self._call_replica("generate", spec)
             call.replica = answer["replica"]
             if "error" in answer:
                 raise ServiceError(**answer["error"])
@@ -233,8 +248,9 @@ class RemoteEngine:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
 
-    async def _call_replica(self, spec: MeshSpec) -> dict[str, Any]:
-        """A replica's answer, trying again when the replica died; Serve's back-pressure as a 503."""
+    async def _call_replica(self, method: str, *args: Any) -> dict[str, Any]:
+        """A replica's answer to ``method(*args)``, trying again when the replica died; Serve's
+        back-pressure as a 503."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
@@ -244,7 +260,7 @@ class RemoteEngine:
                 self.retried.inc()
                 await asyncio.sleep(self.retry_backoff_s * attempt)
             try:
-                return await self._handle.generate.remote(spec)
+                return await getattr(self._handle, method).remote(*args)
             except BackPressureError as err:
                 retry = max(1, round(err.retry_after_s or BACK_PRESSURE_RETRY_S))
                 raise ServiceError(

@@ -24,7 +24,6 @@ from server.jobs.refine_requests import (
     build_refine_job,
     job_kind,
     model_snapshot_dir,
-    snapshot_model,
 )
 from server.routes.jobs import _STORE_ERRORS, IdempotencyKey, JobIdPath, job_status
 from server.schemas import MEDIA_TYPES, ErrorResponse, JobStatus, RefineRequest
@@ -67,11 +66,8 @@ async def create_refine(
         raise ServiceError(422, "invalid_request", message, "model")
     settings = jobs.settings
     path = model_snapshot_dir(settings, info["model_hash"])
-    # On the engine's worker thread, which owns the loaded generators (nothing else touches them).
-    snapshot = engine.run_on_worker(
-        lambda: snapshot_model(engine._generators[name], path, settings.job_priors)
-    )
-    prior = await asyncio.wrap_future(snapshot)
+    # On the model worker (with the Ray backend: a generation replica, writing to the shared data folder).
+    prior = await asyncio.wrap_future(engine.snapshot_model(name, path, settings.job_priors))
     config = build_refine_job(body, settings, info, prior)
     row, created = await asyncio.to_thread(jobs.submit_refine, body, config, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{row['id']}"

@@ -158,7 +158,8 @@ def test_etag_304_and_cache_hit(service):
 
 
 def test_jobs_run_on_the_ingress_and_runtime_loads_answer_501(service):
-    """The ingress owns the job manager; loading a finished job's model needs every replica: not yet."""
+    """The ingress owns the job manager (training and refine jobs); loading a finished job's model needs
+    every replica: not yet."""
     job = httpx.post(f"{service}/v1/jobs", json=job_request(steps=4)).json()
     deadline = time.monotonic() + 90
     while (status := httpx.get(f"{service}/v1/jobs/{job['id']}").json())["state"] != "succeeded":
@@ -167,8 +168,17 @@ def test_jobs_run_on_the_ingress_and_runtime_loads_answer_501(service):
     load = httpx.post(f"{service}/v1/models", json={"job_id": job["id"], "name": "trained"})
     assert load.status_code == 501 and load.json()["error"] == "not_implemented"
     assert "--model trained=DIR" in load.json()["message"]
-    refine = httpx.post(f"{service}/v1/refine", json={"prompt": "a red cube"})
-    assert refine.status_code == 501 and "refine jobs are not supported" in refine.json()["message"]
+    # A refine job: a replica saves the model's snapshot, the ingress's job manager runs it to its mesh.
+    refine = httpx.post(f"{service}/v1/refine", json={"prompt": "a red cube", "steps": 4})
+    assert refine.status_code == 202, refine.text
+    deadline = time.monotonic() + 90
+    while (status := httpx.get(refine.headers["location"].join([service, ""])).json())[
+        "state"
+    ] != "succeeded":
+        assert status["state"] in ("queued", "running") and time.monotonic() < deadline, status
+        time.sleep(0.2)
+    result = httpx.get(f"{service}/v1/jobs/{status['id']}/result")
+    assert result.status_code == 200 and result.content[:4] == b"glTF"
 
 
 def test_killing_a_replica_mid_load(service):

@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +58,12 @@ class FakeGeneration:
         self.describe = _Method(self._describe)
         self.prompts = _Method(lambda name: (self.engine.model_info(name)["model_hash"], ["a red cube"]))
         self.generate = _Method(self._generate)
+        self.snapshot = _Method(self._snapshot)
         self.hang_describe = False
+
+    async def _snapshot(self, name: str, path: str, allowed_priors: tuple[str, ...]) -> dict[str, Any]:
+        future = self.engine.snapshot_model(name, Path(path), allowed_priors)
+        return {"replica": "r1", "prior": await asyncio.wrap_future(future)}
 
     async def _describe(self) -> dict[str, Any]:
         if self.hang_describe:
@@ -231,6 +237,20 @@ def test_not_ready_without_an_answer_and_501_for_runtime_loads(tmp_path, local_e
         with pytest.raises(ServiceError) as refused:
             engine.load_model("other", "/some/checkpoint")
         assert refused.value.status == 501 and "--model other=DIR" in refused.value.message
-        with pytest.raises(ServiceError) as refine:
-            engine.run_on_worker(lambda: None)
-        assert refine.value.status == 501 and "refine" in refine.value.message
+
+
+def test_a_refine_snapshots_the_model_on_a_replica(tmp_path, local_engine):
+    """POST /v1/refine on the ingress: a replica saves the model into the shared data folder (once per
+    weights) and the ingress's job manager takes the job."""
+    with remote_client(tmp_path, local_engine) as (client, handle, engine):
+        created = client.post("/v1/refine", json={"prompt": "a red cube", "steps": 2})
+        assert created.status_code == 202, created.text
+        ((name, path, priors),) = handle.snapshot.calls
+        assert name == "default" and priors == tuple(engine.settings.job_priors)
+        assert (Path(path) / "manifest.json").is_file()
+        job = created.json()
+        assert job["kind"] == "refine" and created.headers["location"] == f"/v1/jobs/{job['id']}"
+        again = client.post("/v1/refine", json={"prompt": "a blue sphere", "steps": 2})
+        assert again.status_code == 202 and len(handle.snapshot.calls) == 2  # the snapshot is reused
+        unknown = client.post("/v1/refine", json={"prompt": "a red cube", "model": "nope"})
+        assert unknown.status_code == 422 and unknown.json()["fields"][0]["field"] == "model"
