@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from server.ray_serve.replica_header import ReplicaHeaderMiddleware
 from server.saved_models import SavedModels
 from server.settings import ServerSettings
 
+logger = logging.getLogger(__name__)
+
 
 # The describe() poll every second would fill the replica logs; the ingress logs every HTTP request.
 @serve.deployment(name=GENERATION, logging_config={"enable_access_log": False})
@@ -44,7 +47,8 @@ class Generation:
         malloc_tuning.tune()
         sources = options.sources(settings.device)
         # Models saved by `att3d serve` with POST /v1/models (a shared data folder) come back here too.
-        sources.update(SavedModels(settings.data_dir).loaders(sources, settings.device))
+        self._saved = SavedModels(settings.data_dir)
+        sources.update(self._saved.loaders(sources, settings.device))
         self._engine = Engine(settings, sources)
         self._engine.start()
         self._engine.wait_ready()  # a load error is reported by describe(), not by failing to start
@@ -58,13 +62,33 @@ class Generation:
             if not engine.models():
                 raise not_ready(engine.load_error)
             if engine.model_info(spec.model) is None:
+                await self._load_saved()  # loaded at run time on another replica, then saved
+            if engine.model_info(spec.model) is None:
                 raise ServiceError(404, "not_found", f"model {spec.model!r} is not loaded", "model")
             # Off the event loop when the cache is Redis (its calls wait on the network), as the routes do.
             result = await asyncio.wrap_future(await off_loop(engine.cache, engine.submit, spec))
         except ServiceError as err:
-            fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
-            return {"replica": self._replica, "error": {**fields, "headers": err.headers}}
+            return {"replica": self._replica, "error": _error_fields(err)}
         return {"replica": self._replica, "result": result}
+
+    async def load(self, name: str, path: str) -> dict[str, Any]:
+        """``{"replica", "info", "prompts"}`` once this replica has loaded the checkpoint at ``path`` as model
+        ``name`` (``POST /v1/models``), or ``{"replica", "error"}``. The ingress then saves it in the shared
+        data folder, where the other replicas (and replacements) find it."""
+        try:
+            info = await asyncio.wrap_future(self._engine.load_model(name, path))
+        except ServiceError as err:
+            return {"replica": self._replica, "error": _error_fields(err)}
+        return {"replica": self._replica, "info": info, "prompts": self._engine.model_prompts(name) or []}
+
+    async def _load_saved(self) -> None:
+        """Load the saved models this replica does not hold yet (one that fails is logged and skipped)."""
+        for name, entry in (await asyncio.to_thread(self._saved.read)).items():
+            if self._engine.model_info(name) is None:
+                try:
+                    await asyncio.wrap_future(self._engine.load_model(name, entry["checkpoint"]))
+                except Exception as err:
+                    logger.warning("saved model %r is not loaded on this replica: %s", name, err)
 
     async def snapshot(self, name: str, path: str, allowed_priors: tuple[str, ...]) -> dict[str, Any]:
         """``{"replica", "prior"}`` once model ``name`` is saved at ``path`` for refine jobs (the data folder
@@ -73,8 +97,7 @@ class Generation:
             future = self._engine.snapshot_model(name, Path(path), tuple(allowed_priors))
             prior = await asyncio.wrap_future(future)
         except ServiceError as err:
-            fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
-            return {"replica": self._replica, "error": {**fields, "headers": err.headers}}
+            return {"replica": self._replica, "error": _error_fields(err)}
         return {"replica": self._replica, "prior": prior}
 
     async def describe(self) -> dict[str, Any]:
@@ -101,6 +124,12 @@ class Generation:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.stop()
+
+
+def _error_fields(err: ServiceError) -> dict[str, Any]:
+    """A :class:`ServiceError` as data (``ServiceError(**fields)`` rebuilds it on the ingress)."""
+    fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
+    return {**fields, "headers": err.headers}
 
 
 # No CPU reserved: it only parses requests and awaits replicas (as Serve's own proxy reserves none), and a

@@ -19,8 +19,9 @@
   times, Serve routing each try again; then 503 ``replica_unavailable`` with ``Retry-After``.
 - Refine jobs (``POST /v1/refine``): a replica saves the model's snapshot into the data folder it shares
   with the ingress (:meth:`RemoteEngine.snapshot_model`); the ingress's job manager runs the job.
-- Loading a model at run time (``POST /v1/models``) is not supported on Ray yet: 501 ``not_implemented``,
-  saying what to do.
+- Loading a model at run time (``POST /v1/models``): one replica loads it and the route saves it in the
+  shared data folder's saved-model list; another replica asked for it first loads it from that list (as
+  a replacement replica does at start).
 
 Ray is imported inside the functions that need its exception types, so this module imports without it.
 """
@@ -94,6 +95,7 @@ class RemoteEngine:
         self.clock = clock
         self._handle = handle
         self._models: list[dict[str, Any]] = []  # replaced whole: readers see a snapshot
+        self._loaded_here: dict[str, dict[str, Any]] = {}  # POST /v1/models through this ingress
         self._prompts: dict[str, list[str]] = {}  # by model hash
         self._ready = False
         self._saturated = False
@@ -144,10 +146,14 @@ class RemoteEngine:
         return self._saturated
 
     def models(self) -> list[dict[str, Any]]:
-        return list(self._models)
+        """The models the last polled replica holds, and those loaded through this ingress since (a replica
+        that has not loaded one yet does so from the saved list when asked for it)."""
+        polled = list(self._models)
+        names = {m["name"] for m in polled}
+        return polled + [info for name, info in self._loaded_here.items() if name not in names]
 
     def model_info(self, name: str) -> dict[str, Any] | None:
-        return next((dict(m) for m in self._models if m["name"] == name), None)
+        return next((dict(m) for m in self.models() if m["name"] == name), None)
 
     def model_prompts(self, name: str) -> list[str] | None:
         info = self.model_info(name)
@@ -207,14 +213,29 @@ class RemoteEngine:
         return future
 
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
-        """Replicas load their models at start only, so every replica (and a replacement) has the same."""
-        raise ServiceError(
-            501,
-            "not_implemented",
-            "loading a model at run time is not supported with the Ray backend yet: serve the job's "
-            f"checkpoint ({path}) with `att3d serve --backend ray --model {name}=DIR` or in the config "
-            "file's args.models, and redeploy (Serve replaces the replicas one by one)",
-        )
+        """One replica loads the checkpoint as model ``name`` (``POST /v1/models``; the route then saves it
+        in the shared data folder): the others load it from there when asked for it first, as replacements
+        do at start. The ingress knows the model at once. Called on the event loop."""
+        future: Future[dict[str, Any]] = Future()
+
+        async def load() -> None:
+            try:
+                answer = await self._call_replica("load", name, path)
+                if "error" in answer:
+                    raise ServiceError(**answer["error"])
+                info = answer["info"]
+                self._prompts[info["model_hash"]] = answer["prompts"]
+                self._loaded_here[name] = info
+                _resolve(future, result=info)
+            except ServiceError as err:
+                _resolve(future, error=err)
+            except Exception as err:
+                logger.exception("a generation replica failed to load model %r", name)
+                message = f"the generation replica failed to load the model ({type(err).__name__})"
+                _resolve(future, error=ServiceError(500, "internal_error", message))
+
+        self._spawn(load())
+        return future
 
     # ---- the replica calls -----------------------------------------------------------------------
 

@@ -157,17 +157,29 @@ def test_etag_304_and_cache_hit(service):
     assert revalidated.headers["etag"] == first.headers["etag"]
 
 
-def test_jobs_run_on_the_ingress_and_runtime_loads_answer_501(service):
-    """The ingress owns the job manager (training and refine jobs); loading a finished job's model needs
-    every replica: not yet."""
+def test_jobs_run_on_the_ingress_and_their_models_load_on_every_replica(service):
+    """The ingress owns the job manager (training and refine jobs); a finished job's model loads at run
+    time and every replica serves it."""
     job = httpx.post(f"{service}/v1/jobs", json=job_request(steps=4)).json()
     deadline = time.monotonic() + 90
     while (status := httpx.get(f"{service}/v1/jobs/{job['id']}").json())["state"] != "succeeded":
         assert status["state"] in ("queued", "running") and time.monotonic() < deadline, status
         time.sleep(0.2)
+    # Loaded at run time: one replica loads it, the other from the saved list when first asked for it.
     load = httpx.post(f"{service}/v1/models", json={"job_id": job["id"], "name": "trained"})
-    assert load.status_code == 501 and load.json()["error"] == "not_implemented"
-    assert "--model trained=DIR" in load.json()["message"]
+    assert load.status_code == 201, load.text
+    assert "trained" in {m["name"] for m in httpx.get(f"{service}/v1/models").json()["models"]}
+    replicas = set()
+    for i in range(12):
+        answer = httpx.post(
+            f"{service}/v1/generate",
+            json={"prompt": f"a trained cube {i}", "model": "trained", "resolution": RES},
+        )
+        assert answer.status_code == 200, answer.text
+        replicas.add(answer.headers["x-replica"])
+    assert len(replicas) == 2, replicas  # both replicas served the new model
+    again = httpx.post(f"{service}/v1/models", json={"job_id": job["id"], "name": "trained"})
+    assert again.status_code == 409 and again.json()["fields"][0]["field"] == "name"
     # A refine job: a replica saves the model's snapshot, the ingress's job manager runs it to its mesh.
     refine = httpx.post(f"{service}/v1/refine", json={"prompt": "a red cube", "steps": 4})
     assert refine.status_code == 202, refine.text

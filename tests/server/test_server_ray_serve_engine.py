@@ -59,7 +59,18 @@ class FakeGeneration:
         self.prompts = _Method(lambda name: (self.engine.model_info(name)["model_hash"], ["a red cube"]))
         self.generate = _Method(self._generate)
         self.snapshot = _Method(self._snapshot)
+        self.load = _Method(self._load)
         self.hang_describe = False
+
+    async def _load(self, name: str, path: str) -> dict[str, Any]:
+        from server.errors import ServiceError
+
+        try:
+            info = await asyncio.wrap_future(self.engine.load_model(name, path))
+        except ServiceError as err:
+            fields = {"status": err.status, "code": err.code, "message": err.message, "field": err.field}
+            return {"replica": "r1", "error": {**fields, "headers": err.headers}}
+        return {"replica": "r1", "info": info, "prompts": self.engine.model_prompts(name)}
 
     async def _snapshot(self, name: str, path: str, allowed_priors: tuple[str, ...]) -> dict[str, Any]:
         future = self.engine.snapshot_model(name, Path(path), allowed_priors)
@@ -220,10 +231,8 @@ def test_identical_requests_in_flight_share_one_call(tmp_path, local_engine):
         assert result.body[:4] == b"glTF" and len(handle.generate.calls) == 1
 
 
-def test_not_ready_without_an_answer_and_501_for_runtime_loads(tmp_path, local_engine):
-    from server.errors import ServiceError
-
-    with remote_client(tmp_path, local_engine, answer_timeout_s=0.2) as (client, handle, engine):
+def test_not_ready_without_an_answer(tmp_path, local_engine):
+    with remote_client(tmp_path, local_engine, answer_timeout_s=0.2) as (client, handle, _):
         assert client.get("/readyz").status_code == 200
         handle.hang_describe = True
         for _ in range(100):
@@ -234,9 +243,6 @@ def test_not_ready_without_an_answer_and_501_for_runtime_loads(tmp_path, local_e
         assert ready.json()["reason"].startswith("no generation replica answered within 0.2 s")
         # The last known models still serve: a replica may answer the request though one poll failed.
         assert _generate(client, "a cube in the dark").status_code == 200
-        with pytest.raises(ServiceError) as refused:
-            engine.load_model("other", "/some/checkpoint")
-        assert refused.value.status == 501 and "--model other=DIR" in refused.value.message
 
 
 def test_a_refine_snapshots_the_model_on_a_replica(tmp_path, local_engine):
@@ -254,3 +260,26 @@ def test_a_refine_snapshots_the_model_on_a_replica(tmp_path, local_engine):
         assert again.status_code == 202 and len(handle.snapshot.calls) == 2  # the snapshot is reused
         unknown = client.post("/v1/refine", json={"prompt": "a red cube", "model": "nope"})
         assert unknown.status_code == 422 and unknown.json()["fields"][0]["field"] == "model"
+
+
+def test_a_model_loaded_at_run_time_is_known_to_the_ingress_at_once(tmp_path, local_engine, tiny_checkpoint):
+    """A replica loads the checkpoint; the ingress serves the model before any poll reports it, and a
+    second load of the name is the replica's 409."""
+    from server.errors import ServiceError
+
+    with remote_client(tmp_path, local_engine) as (client, handle, engine):
+
+        async def load(name: str):
+            return await asyncio.wrap_future(engine.load_model(name, str(tiny_checkpoint)))
+
+        info = client.portal.call(load, "runtime-tiny")
+        assert info["name"] == "runtime-tiny" and handle.load.calls == [
+            ("runtime-tiny", str(tiny_checkpoint))
+        ]
+        assert engine.model_info("runtime-tiny")["model_hash"] == info["model_hash"]
+        assert engine.model_prompts("runtime-tiny") == ["a red cube", "a blue sphere"]
+        assert "runtime-tiny" in {m["name"] for m in client.get("/v1/models").json()["models"]}
+        assert _generate(client, "a runtime cube", model="runtime-tiny").status_code == 200
+        with pytest.raises(ServiceError) as taken:
+            client.portal.call(load, "runtime-tiny")
+        assert taken.value.status == 409 and "already loaded" in taken.value.message
