@@ -17,17 +17,11 @@ Life of a request (:meth:`Engine.submit`):
    waiters gone, or the estimate proved low) is answered 503 instead of run, checked again before each
    frame of an interpolation walk; each finished request's worker time updates the cost estimates.
 
-What a micro-batch shares, and what it does not: the batch's prompts are embedded before any mesh is built
-(the text encoder's cache then serves every request of the batch), and identical requests are computed once.
-Each prompt is embedded by its own encoder call and each mesh by its own field query: a batched matrix
-product rounds differently from a single-row one (measured: MiniLM rows differ by ~1e-7 between batch sizes
-on 2 CPU threads), and the result for a request must not depend on which requests arrived with it.
-
-With ``mesher="batched"`` the batch does share one forward pass: the meshes of all its requests with the
-same model, resolution and texture come from one ``att3d.meshing.mesher.mesh_embeddings`` call (on the
-default coarse-to-fine path: one batched field query, one stacked marching cubes). Results then equal the
-unbatched ones only up to float rounding (vertex positions within ~1e-5), which is the price of the GPU
-throughput; the default ``per_request`` keeps bytes.
+A micro-batch embeds its prompts before any mesh (the encoder's cache then serves the batch) and computes
+identical requests once, but each prompt and mesh gets its own call: a batched product rounds differently
+(MiniLM rows differ by ~1e-7 between batch sizes), and a result must not depend on its batch-mates. With
+``mesher="batched"`` one ``mesh_embeddings`` call serves all requests of a model, resolution and texture
+(GPU throughput, results equal up to float rounding); the default ``per_request`` keeps bytes.
 
 Failures stay with their request: an exception (CUDA out of memory included) fails that request's future,
 memory is released, and the worker goes on with the next request.
@@ -212,8 +206,7 @@ class Engine:
         return self._work.put_control(_Control(fn, Future()))
 
     def snapshot_model(self, name: str, path: Path, allowed_priors: tuple[str, ...]) -> Future[str]:
-        """Save model ``name`` at ``path`` for refine jobs (once per weights), on the worker thread that owns
-        the generators; the future gives the prior its refines use (``refine_requests.snapshot_model``)."""
+        """Save model ``name`` at ``path`` for refine jobs, on the worker; the future gives their prior."""
         from server.jobs.refine_requests import snapshot_model
 
         def snapshot() -> str:
@@ -230,9 +223,8 @@ class Engine:
         def load() -> dict[str, Any]:
             if name in self._generators:
                 raise ServiceError(409, "conflict", f"a model named {name!r} is already loaded", "name")
-            generator = Generator.from_checkpoint(
-                path, name=name, device=str(resolve_device(self.settings.device))
-            )
+            device = str(resolve_device(self.settings.device))
+            generator = Generator.from_checkpoint(path, name=name, device=device)
             self._register(name, generator)
             return self.model_info(name) or {}
 
