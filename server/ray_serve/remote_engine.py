@@ -194,47 +194,44 @@ class RemoteEngine:
     def snapshot_model(self, name: str, path: Path, allowed_priors: tuple[str, ...]) -> Future[str]:
         """A generation replica saves model ``name`` at ``path`` (the data folder the ingress's jobs read)
         for a refine job; the future gives the prior. Called on the event loop (the refine route)."""
-        future: Future[str] = Future()
-
-        async def snapshot() -> None:
-            try:
-                answer = await self._call_replica("snapshot", name, str(path), tuple(allowed_priors))
-                if "error" in answer:
-                    raise ServiceError(**answer["error"])
-                _resolve(future, result=answer["prior"])
-            except ServiceError as err:
-                _resolve(future, error=err)
-            except Exception as err:
-                logger.exception("a generation replica failed to snapshot model %r", name)
-                message = f"the generation replica failed to save the model ({type(err).__name__})"
-                _resolve(future, error=ServiceError(500, "internal_error", message))
-
-        self._spawn(snapshot())
-        return future
+        args = (name, str(path), tuple(allowed_priors))
+        return self._replica_future("save the model", lambda answer: answer["prior"], "snapshot", *args)
 
     def load_model(self, name: str, path: str) -> Future[dict[str, Any]]:
         """One replica loads the checkpoint as model ``name`` (``POST /v1/models``; the route then saves it
         in the shared data folder): the others load it from there when asked for it first, as replacements
         do at start. The ingress knows the model at once. Called on the event loop."""
-        future: Future[dict[str, Any]] = Future()
 
-        async def load() -> None:
+        def loaded(answer: dict[str, Any]) -> dict[str, Any]:
+            info = answer["info"]
+            self._prompts[info["model_hash"]] = answer["prompts"]
+            self._loaded_here[name] = info
+            return info
+
+        return self._replica_future("load the model", loaded, "load", name, path)
+
+    def _replica_future(
+        self, what: str, outcome: Callable[[dict[str, Any]], Any], method: str, *args: Any
+    ) -> Future[Any]:
+        """A future for ``outcome(answer)`` of one replica call ``method(*args)`` (retried as in
+        :meth:`_call_replica`); an error answer raises its ``ServiceError``, any other failure a 500 naming
+        ``what``."""
+        future: Future[Any] = Future()
+
+        async def call() -> None:
             try:
-                answer = await self._call_replica("load", name, path)
+                answer = await self._call_replica(method, *args)
                 if "error" in answer:
                     raise ServiceError(**answer["error"])
-                info = answer["info"]
-                self._prompts[info["model_hash"]] = answer["prompts"]
-                self._loaded_here[name] = info
-                _resolve(future, result=info)
+                _resolve(future, result=outcome(answer))
             except ServiceError as err:
                 _resolve(future, error=err)
             except Exception as err:
-                logger.exception("a generation replica failed to load model %r", name)
-                message = f"the generation replica failed to load the model ({type(err).__name__})"
+                logger.exception("a generation replica failed to %s (%s)", what, method)
+                message = f"the generation replica failed to {what} ({type(err).__name__})"
                 _resolve(future, error=ServiceError(500, "internal_error", message))
 
-        self._spawn(load())
+        self._spawn(call())
         return future
 
     # ---- the replica calls -----------------------------------------------------------------------
