@@ -190,6 +190,11 @@ class TextConfig:
     """Encoder id: ``minilm`` (bundled all-MiniLM-L6-v2) or a registered encoder name."""
     max_prompt_chars: StrictInt = DEFAULT_MAX_PROMPT_CHARS
     """Longer prompts are rejected."""
+    unknown_words: Literal["nearest_known", "as_written"] = "nearest_known"
+    """How a generator reads words its training prompts never used: ``nearest_known`` replaces a colour
+    name by the trained colour name nearest in colour (``att3d.color_terms``) and another word by the
+    trained word that makes the prompt most familiar (``att3d.unknown_words``); ``as_written`` leaves the
+    prompt to the text encoder alone. Training always reads prompts as written."""
     cache_dir: StrictStr = ""
     """On-disk embedding cache; empty means ``$ATT3D_CACHE`` or ``~/.cache/att3d``."""
 

@@ -12,6 +12,9 @@ per-model threshold turns it into familiar / unfamiliar.
   (:func:`threshold_from_metadata`), else :data:`DEFAULT_THRESHOLD`. ``scripts/calibrate_familiarity.py``
   picks it from an evaluation.
 - A blend of prompts is judged by its blended embedding (cosine similarity ignores its shorter norm).
+- Familiarity is that of the prompt as written, even where the model reads a colour name as another
+  (``att3d.color_terms``): a rewrite must not make an unknown object ("an apple": a colour name in the
+  lexicon) look familiar.
 """
 
 from __future__ import annotations
@@ -50,18 +53,22 @@ class Familiarity:
     """That training prompt."""
     threshold: float
     """The model's threshold: at or above it the prompt counts as familiar."""
+    read_as: str = ""
+    """The prompt as the model read it, when that differs from what was written (a colour name it was not
+    trained on replaced by the nearest it was: ``att3d.color_terms``); empty otherwise."""
 
     @property
     def familiar(self) -> bool:
         return self.similarity >= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: similarity, familiar, nearest, threshold."""
+        """JSON-able form: similarity, familiar, nearest, threshold, read_as."""
         return {
             "similarity": self.similarity,
             "familiar": self.familiar,
             "nearest": self.nearest,
             "threshold": self.threshold,
+            "read_as": self.read_as,
         }
 
 

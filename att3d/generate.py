@@ -2,7 +2,8 @@
 
 ``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
 was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
-is prompt -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
+is prompt -> the prompt as the model reads it (``read``: colour names it never saw become the nearest it
+saw) -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
 (``att3d.meshing.mesher`` picks the path; ``MeshConfig.grid_query=dense`` queries every sample) -> marching
 cubes. Each generation can report how familiar its prompt is to the model (``att3d.familiarity``).
 """
@@ -20,6 +21,7 @@ import trimesh
 from torch import Tensor
 
 from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from att3d.color_terms import ColorTermReader
 from att3d.config import ConfigError, MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.familiarity import (
     PROMPT_EMBEDDINGS_FILE,
@@ -33,6 +35,7 @@ from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.mesher import mesh_embeddings
 from att3d.text import TextEncoder, get_text_encoder
+from att3d.unknown_words import UnknownWordReader
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default-model"
@@ -57,6 +60,9 @@ class Generator:
     folder: Path | None = None
     """The checkpoint folder it was loaded from (``None`` for a seeded model)."""
     _familiarity: FamiliarityIndex | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _readers: tuple[list[str], ColorTermReader, UnknownWordReader] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -139,16 +145,38 @@ class Generator:
 
     # ---- conditioning ----------------------------------------------------------------------------
 
-    def embed(self, prompts: list[str]) -> Tensor:
-        """Validated prompts -> embeddings ``[N, D]`` on the model's device."""
+    def read(self, prompt: str) -> str:
+        """``prompt`` as the model reads it. With ``config.text.unknown_words = nearest_known`` (the default)
+        a colour name the training prompts never used becomes the nearest one they did
+        (``att3d.color_terms``: "a canary orb" -> "a lemon orb"), then another unknown word the training
+        word that makes the prompt most familiar (``att3d.unknown_words``: "large grey dice" -> "large grey
+        cube"); otherwise, and for a model without training prompts, the prompt as written."""
+        if self.config.text.unknown_words == "as_written" or not self.prompts:
+            return prompt
+        if self._readers is None or self._readers[0] != self.prompts:
+            colors = ColorTermReader(self.prompts)
+            index = self.familiarity_index()
+            assert index is not None  # the model has training prompts
+            color_words = frozenset(w for name in colors.known for w in name.split())
+            self._readers = (
+                list(self.prompts),
+                colors,
+                UnknownWordReader(self.prompts, self.encoder, index, color_words),
+            )
+        _, colors, words = self._readers
+        return words.read(colors.read(prompt))
+
+    def embed(self, prompts: list[str], as_written: bool = False) -> Tensor:
+        """Validated prompts -> embeddings ``[N, D]`` on the model's device, of each prompt as the model
+        reads it (:meth:`read`) or, with ``as_written``, as given."""
         clean = [validate_prompt(p, self.config.text.max_prompt_chars) for p in prompts]
-        return self.encoder.encode(clean).to(self.device)
+        return self.encoder.encode(clean if as_written else [self.read(p) for p in clean]).to(self.device)
 
     def blend(self, prompts: list[str], weights: list[float]) -> Tensor:
         """The embedding ``sum_i w_i c_i`` of a convex combination of prompts ``[D]``."""
         return self._mix(prompts, weights)
 
-    def _mix(self, prompts: list[str], weights: list[float]) -> Tensor:
+    def _mix(self, prompts: list[str], weights: list[float], as_written: bool = False) -> Tensor:
         # blend, shared with blend_familiarity: a wrapped blend (tests count its calls) sees no extra call.
         if len(prompts) < 1:
             raise ValueError("prompts: at least one prompt is needed")
@@ -159,7 +187,7 @@ class Generator:
             raise ValueError("weights: every weight must be a finite number >= 0")
         if abs(float(w.sum()) - 1.0) > 1e-4:
             raise ValueError(f"weights: must sum to 1, got {float(w.sum()):.6g}")
-        return (w.to(self.device)[:, None] * self.embed(prompts)).sum(dim=0)
+        return (w.to(self.device)[:, None] * self.embed(prompts, as_written)).sum(dim=0)
 
     # ---- geometry --------------------------------------------------------------------------------
 
@@ -182,9 +210,8 @@ class Generator:
         return self.mesh(self.embed([prompt])[0], mesh_config)
 
     def generate_with_familiarity(self, prompt: str, mesh_config: MeshConfig | None = None) -> Generation:
-        """Prompt -> mesh, with the prompt's familiarity (from the same embedding)."""
-        embedding = self.embed([prompt])[0]
-        return Generation(self.mesh(embedding, mesh_config), self.embedding_familiarity(embedding))
+        """Prompt -> mesh, with the prompt's familiarity (:meth:`familiarity`)."""
+        return Generation(self.mesh(self.embed([prompt])[0], mesh_config), self.familiarity(prompt))
 
     # ---- familiarity (att3d.familiarity) ---------------------------------------------------------
 
@@ -212,12 +239,18 @@ class Generator:
         return None if index is None else index.familiarity(embedding, self.familiarity_threshold)
 
     def familiarity(self, prompt: str) -> Familiarity | None:
-        """Familiarity of ``prompt`` (its embedding comes from the encoder's cache once it was generated)."""
-        return self.embedding_familiarity(self.embed([prompt])[0])
+        """Familiarity of ``prompt`` as written, with ``read_as`` when the model reads it otherwise."""
+        return self.blend_familiarity([prompt], [1.0])
 
     def blend_familiarity(self, prompts: list[str], weights: list[float]) -> Familiarity | None:
-        """Familiarity of the blended embedding ``sum_i w_i c_i``."""
-        return self.embedding_familiarity(self._mix(prompts, weights))
+        """Familiarity of the blended embedding ``sum_i w_i c_i`` of the prompts as written (a colour name
+        read as another must not make an unknown object familiar); one prompt also reports ``read_as``."""
+        familiarity = self.embedding_familiarity(self._mix(prompts, weights, as_written=True))
+        if familiarity is None or len(prompts) != 1:
+            return familiarity
+        written = validate_prompt(prompts[0], self.config.text.max_prompt_chars)
+        read = self.read(written)
+        return familiarity if read == written else dataclasses.replace(familiarity, read_as=read)
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: name, hash, prompt count, training step, config."""

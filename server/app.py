@@ -119,6 +119,7 @@ def create_app(
                     "X-Prompt-Familiarity",
                     "X-Prompt-Familiar",
                     "X-Prompt-Nearest",
+                    "X-Prompt-Read-As",
                     "X-Replica",  # the Ray backend's generation replica (server.ray_serve)
                     "Retry-After",
                 ],

@@ -90,6 +90,7 @@ def test_index_nearest_matches_hand_computed_cosines() -> None:
         "familiar": False,
         "nearest": "y",
         "threshold": 0.85,
+        "read_as": "",
     }
 
 

@@ -53,6 +53,14 @@ def eval_command(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")
     ] = None,
+    unknown_words: Annotated[
+        str | None,
+        typer.Option(
+            "--unknown-words",
+            help="nearest_known or as_written: how the model reads words it was not trained on"
+            " (default: the model's config.text.unknown_words).",
+        ),
+    ] = None,
 ) -> None:
     """Score a generator against ShapesWorld ground truth: IoU, Chamfer, surface colour, R-precision."""
     with user_errors():
@@ -69,6 +77,8 @@ def eval_command(
             raise UserError(f"--json {json_out} is a directory")
         if json_out is not None and json_out.parent.exists() and not json_out.parent.is_dir():
             raise UserError(f"--json {json_out}: {json_out.parent} is not a directory")
+        if unknown_words not in (None, "nearest_known", "as_written"):
+            raise UserError(f"--unknown-words must be nearest_known or as_written, got {unknown_words!r}")
         if checkpoint is not None and not checkpoint.exists():
             raise UserError(f"checkpoint not found: {checkpoint}")
         selected = split_cases(split, all_phrasings) if split is not None else read_cases(cases)
@@ -88,6 +98,8 @@ def eval_command(
             if checkpoint is None
             else Generator.from_checkpoint(checkpoint, device=device)
         )
+        if unknown_words is not None:
+            generator.config.text.unknown_words = unknown_words
         classifier = default_classifier(device)
 
         def progress(i: int, case: EvalCase) -> None:
@@ -103,6 +115,7 @@ def eval_command(
                     "model_hash": generator.model_hash,
                     "checkpoint": str(checkpoint) if checkpoint is not None else None,
                     "training_steps": int(generator.metadata.get("step", 0)),
+                    "unknown_words": generator.config.text.unknown_words,
                 },
                 "source": {"split": split, "all_phrasings": all_phrasings}
                 if split is not None

@@ -46,6 +46,11 @@ def generate(
             f"in {done - loaded:.2f} s (model load {loaded - start:.2f} s)"
         )
         familiarity = generation.familiarity
+        if familiarity is not None and familiarity.read_as:
+            typer.echo(
+                f'note: read as "{familiarity.read_as}" (words this model was not trained on replaced)',
+                err=True,
+            )
         if familiarity is not None and not familiarity.familiar:
             typer.echo(unfamiliar_warning(prompt.strip(), familiarity), err=True)
 

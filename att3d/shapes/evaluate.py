@@ -283,10 +283,10 @@ def evaluate_generator(
             classifier=classifier,
             device=str(generator.device),
         )
-        results.append(
-            {"prompt": case.prompt, "shape": case.obj.shape, "color": case.obj.color, "split": case.split}
-            | scores
-        )
+        row = {"prompt": case.prompt, "shape": case.obj.shape, "color": case.obj.color, "split": case.split}
+        if (read_as := generator.read(case.prompt.strip())) != case.prompt.strip():
+            row["read_as"] = read_as  # a colour name the model was not trained on, read as one it was
+        results.append(row | scores)
     return results
 
 

@@ -34,6 +34,7 @@ def encode_header(result: GenerationResult) -> bytes:
             "similarity": familiarity.similarity,
             "nearest": familiarity.nearest,
             "threshold": familiarity.threshold,
+            "read_as": familiarity.read_as,
         },
     }
     return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -62,6 +63,7 @@ def decode(header: bytes, body: bytes) -> GenerationResult:
             similarity=_number(familiarity, "similarity"),
             nearest=_text(familiarity, "nearest"),
             threshold=_number(familiarity, "threshold"),
+            read_as=_text(familiarity, "read_as") if "read_as" in familiarity else "",  # absent: older entry
         ),
     )
 

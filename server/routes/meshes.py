@@ -48,6 +48,13 @@ _MESH_RESPONSES: dict[int | str, dict[str, Any]] = {
                 "schema": {"type": "string"},
                 "description": "The nearest training prompt, percent-encoded UTF-8.",
             },
+            "X-Prompt-Read-As": {
+                "schema": {"type": "string"},
+                "description": "The prompt as the model read it, percent-encoded UTF-8, when that differs "
+                "from what was sent: words the model was not trained on replaced by ones it was (a colour "
+                "name by the nearest trained colour, another word by the trained word that makes the prompt "
+                "most familiar). Single-prompt meshes only.",
+            },
         },
     },
     304: {"description": "If-None-Match matched the current ETag: nothing was generated."},
@@ -193,10 +200,14 @@ def _headers(result: GenerationResult | None, etag: str, cache: str, model_hash:
 
 
 def familiarity_headers(familiarity: Familiarity) -> dict[str, str]:
-    """``X-Prompt-Familiarity`` (similarity, 3 decimals), ``X-Prompt-Familiar`` (``true``/``false``) and
-    ``X-Prompt-Nearest`` (percent-encoded: a prompt may hold characters a header cannot)."""
-    return {
+    """``X-Prompt-Familiarity`` (similarity, 3 decimals), ``X-Prompt-Familiar`` (``true``/``false``),
+    ``X-Prompt-Nearest`` and, when the model read the prompt otherwise, ``X-Prompt-Read-As`` (both
+    percent-encoded: a prompt may hold characters a header cannot)."""
+    headers = {
         "X-Prompt-Familiarity": f"{familiarity.similarity:.3f}",
         "X-Prompt-Familiar": "true" if familiarity.familiar else "false",
         "X-Prompt-Nearest": quote(familiarity.nearest, safe=""),
     }
+    if familiarity.read_as:
+        headers["X-Prompt-Read-As"] = quote(familiarity.read_as, safe="")
+    return headers

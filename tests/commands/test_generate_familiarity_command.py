@@ -47,3 +47,13 @@ def test_training_prompt_gives_no_warning(checkpoint, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert out.is_file()
+
+
+def test_prompt_read_otherwise_gets_a_note(checkpoint, tmp_path) -> None:
+    out = tmp_path / "crimson.ply"
+    result = run(checkpoint, "a crimson cube", out)
+    assert result.exit_code == 0, result.output
+    note, warning = result.stderr.splitlines()
+    assert note == 'note: read as "a red cube" (words this model was not trained on replaced)'
+    assert warning.startswith('warning: "a crimson cube" is unfamiliar to this model')
+    assert out.is_file()

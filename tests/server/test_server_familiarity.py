@@ -72,6 +72,18 @@ def test_interpolation_reports_the_blend_and_frames_report_nothing(client) -> No
     assert not any(name.startswith("x-prompt-") for name in frames.headers)
 
 
+def test_unseen_colour_is_read_as_a_trained_one_and_said_so(client) -> None:
+    # 'navy' is in no training prompt: the model reads the nearest trained colour name ('blue', of red,
+    # blue, green and rouge); the familiarity stays that of the prompt as written.
+    similarity, nearest = reference(HashEncoder().encode(["a navy sphere"])[0])
+    response = client.post("/v1/generate", json={"prompt": "a navy sphere", "resolution": RES})
+    assert familiarity_headers(response) == (f"{similarity:.3f}", "false", quote(nearest, safe=""))
+    assert response.headers["x-prompt-read-as"] == "a%20blue%20sphere"
+    plain = client.post("/v1/generate", json={"prompt": "a blue sphere", "resolution": RES})
+    assert "x-prompt-read-as" not in plain.headers
+    assert response.content == plain.content  # the same mesh: the model saw the same words
+
+
 def test_models_report_the_threshold(client) -> None:
     assert client.get("/v1/models").json()["models"][0]["familiarity_threshold"] == THRESHOLD
     assert client.get("/v1/models/default").json()["familiarity_threshold"] == THRESHOLD

@@ -6,6 +6,7 @@ test_server_result_cache_shared.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import Future
@@ -22,6 +23,7 @@ redis_cache = pytest.importorskip("server.cache.redis_cache", reason="the redis 
 RedisResultCache = redis_cache.RedisResultCache
 
 FAMILIAR = Familiarity(similarity=0.8125, nearest="a red cübe ✓", threshold=0.6)
+READ_AS = Familiarity(similarity=0.5, nearest="a red cube", threshold=0.6, read_as="a red cübe")
 
 
 def result(n: int, familiarity: Familiarity | None = None) -> GenerationResult:
@@ -48,7 +50,7 @@ def caches(redis_server):  # noqa: F811
 # ---- the stored form ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("familiarity", [FAMILIAR, None])
+@pytest.mark.parametrize("familiarity", [FAMILIAR, READ_AS, None])
 def test_codec_round_trips_every_field(familiarity):
     original = GenerationResult(
         b"\x00glTF\xff" * 3, "model/gltf-binary", "default", "ab" * 32, 12.345678901, familiarity
@@ -56,6 +58,13 @@ def test_codec_round_trips_every_field(familiarity):
     header = codec.encode_header(original)
     assert b"glTF" not in header  # the body is stored apart, raw
     assert codec.decode(header, original.body) == original
+
+
+def test_codec_reads_entries_written_before_read_as():
+    original = GenerationResult(b"mesh", "model/gltf-binary", "default", "ab" * 32, 1.0, FAMILIAR)
+    fields = json.loads(codec.encode_header(original))
+    del fields["familiarity"]["read_as"]
+    assert codec.decode(json.dumps(fields).encode(), b"mesh") == original
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,97 @@
+"""Words a model was not trained on, read as the training word that makes the prompt most familiar.
+
+A word the training prompts never used ("dice", "globe", "tube") reaches the generator only through the
+sentence embedding, where all-MiniLM-L6-v2 lets the rest of the sentence outweigh it: "large grey dice"
+comes out as a sphere. Embedded alone, the same word is much nearer to the training word it means
+("globe" -> "sphere" 0.74, "tube" -> "cylinder" 0.61, "doughnut" -> "donut" 0.70, cosine).
+
+:class:`UnknownWordReader` uses that: for each unknown word of a prompt (right to left) it tries its
+:data:`NEIGHBOURS` nearest training words (each embedded alone) in its place and keeps the version of the
+prompt with the largest familiarity (its sentence embedding's similarity to the nearest training prompt:
+``att3d.familiarity``) + word similarity (of the word put there to the word written; the written word is
+credited :data:`KEEP_SIMILARITY`). Familiarity alone would prefer words of the objects trained with the
+prompt's template and colour ("a doughnut in grey" -> "a cone in grey" when no grey torus was trained);
+word similarity alone would replace words that mean nothing to the model by words that change the prompt
+("a party hat" -> "a box hat"). Candidates are training words used in at least :data:`MIN_PROMPTS`
+training prompts (not the typo forms), less the colour names: colours are read from the colour lexicon
+(``att3d.color_terms``), and a word that names no colour must not become one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import torch
+
+from att3d.color_terms import fix_article, match_case
+from att3d.familiarity import FamiliarityIndex
+from att3d.text import TextEncoder
+
+NEIGHBOURS = 3
+"""Training words tried in place of an unknown word."""
+KEEP_SIMILARITY = 0.5
+"""The word similarity credited to the word as written: a replacement must be closer than that in meaning
+(cosine of the two words' embeddings), or make the prompt more familiar by the difference."""
+MIN_PROMPTS = 5
+"""A training word is a candidate if at least this many training prompts use it."""
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+class UnknownWordReader:
+    """Rewrites a prompt's unknown words into training words, where that makes the prompt more familiar."""
+
+    def __init__(
+        self,
+        training_prompts: list[str],
+        encoder: TextEncoder,
+        index: FamiliarityIndex,
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
+        """
+        Args:
+            training_prompts: the model's training prompts.
+            encoder: the model's text encoder.
+            index: the training prompts' embeddings (the generator's familiarity index).
+            exclude: words never offered as replacements (the training prompts' colour names).
+        """
+        self.encoder = encoder
+        self.index = index
+        used = Counter(w for p in training_prompts for w in {w.lower() for w in _WORD.findall(p)})
+        self.training_words = frozenset(used)
+        self.candidates = sorted(w for w, n in used.items() if n >= MIN_PROMPTS and w not in exclude)
+        self._vectors: torch.Tensor | None = None
+
+    def neighbours(self, word: str) -> list[tuple[str, float]]:
+        """The :data:`NEIGHBOURS` candidates nearest to ``word`` and their cosine similarity to it, each
+        word embedded alone."""
+        if not self.candidates:
+            return []
+        if self._vectors is None:
+            self._vectors = _unit(self.encoder.encode(self.candidates))
+        query = _unit(self.encoder.encode([word]))[0]
+        best = (self._vectors @ query).topk(min(NEIGHBOURS, len(self.candidates)))
+        return [(self.candidates[int(i)], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+    def read(self, prompt: str) -> str:
+        """``prompt`` with each unknown word replaced where a training word scores higher (see the module)."""
+        unknown = [m for m in _WORD.finditer(prompt) if m.group().lower() not in self.training_words]
+        current = prompt
+        for match in reversed(unknown):  # right to left: the offsets of the words still to read hold
+            written = match.group()
+            variants, closeness = [current], [KEEP_SIMILARITY]
+            for word, word_similarity in self.neighbours(written.lower()):
+                replacement = match_case(word, written)
+                variants.append(
+                    fix_article(current[: match.start()], replacement) + replacement + current[match.end() :]
+                )
+                closeness.append(word_similarity)
+            familiarity = [self.index.nearest(e)[0] for e in self.encoder.encode(variants)]
+            score = [f + c for f, c in zip(familiarity, closeness, strict=True)]
+            current = variants[max(range(len(variants)), key=lambda i: (score[i], -i))]
+        return current
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=1)
