@@ -24,7 +24,7 @@ from att3d.checkpoint import (
     save_checkpoint,
     save_tensors_atomic,
 )
-from att3d.config import to_dict
+from att3d.config import ConfigError, ModelConfig, from_dict, to_dict
 from att3d.generate import check_weights_fit
 from att3d.training.errors import TrainingError
 from att3d.training.run_folder import TRAIN_STATE_FILE, checkpoint_dir, prune_checkpoints
@@ -159,10 +159,19 @@ def warm_start(run: TrainRun, path: str | Path) -> None:
     run.field.load_state_dict({k: v.to(run.dist.device) for k, v in ckpt.tensors.items()})
 
 
+def stored_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's model config with the defaults of fields added since it was written (an older
+    checkpoint lacks ``text.unknown_words``); as stored if it no longer parses (the comparison reports it)."""
+    try:
+        return to_dict(from_dict(ModelConfig, config))
+    except ConfigError:
+        return config
+
+
 def load_training_checkpoint(run: TrainRun, path: Path) -> None:
     """Restore weights, Adam state, RNG states and the step from a checkpoint of this run."""
     ckpt = load_checkpoint(path)
-    diff = _first_difference(ckpt.config, to_dict(run.config.model))
+    diff = _first_difference(stored_model_config(ckpt.config), to_dict(run.config.model))
     if diff is not None:
         raise TrainingError(f"cannot resume from {path}: model config differs at 'model.{diff}'")
     if ckpt.text_encoder != run.encoder_id:

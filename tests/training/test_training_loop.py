@@ -199,6 +199,17 @@ def test_existing_run_needs_resume_and_resume_checks_the_model(tmp_path):
         run_train(tiny_config("steps=2", "prompts.prompts=[a cube]"), tmp_path, resume=True)
 
 
+def test_resume_compares_a_manifest_written_before_a_field_was_added():
+    from att3d.config import ModelConfig, to_dict
+    from att3d.training.state import stored_model_config
+
+    current = to_dict(ModelConfig())
+    older = to_dict(ModelConfig())
+    del older["text"]["unknown_words"]  # what a manifest written before that field holds
+    assert stored_model_config(older) == current
+    assert stored_model_config({"field": {"num_bases": "many"}}) == {"field": {"num_bases": "many"}}
+
+
 def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path):
     config = tiny_config("steps=2", "checkpoint_every=1", "prompts_per_step=1", "albedo_steps=10")
     run_train(config, tmp_path)
