@@ -266,7 +266,9 @@ def evaluate_generator(
 
     settings = settings or EvalSettings()
     config = generator.config
-    embeddings = generator.embed([case.prompt for case in cases])
+    written = [case.prompt.strip() for case in cases]
+    read = [generator.read(prompt) for prompt in written]  # read once: embedded and reported below
+    embeddings = generator.embed(read, as_written=True)
     results = []
     for i, (case, embedding) in enumerate(zip(cases, embeddings, strict=True)):
         if on_case is not None:
@@ -284,8 +286,8 @@ def evaluate_generator(
             device=str(generator.device),
         )
         row = {"prompt": case.prompt, "shape": case.obj.shape, "color": case.obj.color, "split": case.split}
-        if (read_as := generator.read(case.prompt.strip())) != case.prompt.strip():
-            row["read_as"] = read_as  # a colour name the model was not trained on, read as one it was
+        if read[i] != written[i]:
+            row["read_as"] = read[i]  # words the model was not trained on, read as ones it was
         results.append(row | scores)
     return results
 
