@@ -84,6 +84,12 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def model_identity(weights_sha256: str, config: dict[str, Any]) -> str:
+    """sha256 naming a model: its weights' sha256 and its config's (:func:`config_digest`). The same
+    weights with another config (mesh iso-level, how prompts are read) mesh differently: another model."""
+    return hashlib.sha256(f"{weights_sha256}:{config_digest(config)}".encode()).hexdigest()
+
+
 @dataclass
 class Checkpoint:
     """A loaded, verified checkpoint."""

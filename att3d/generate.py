@@ -1,7 +1,7 @@
 """Inference: a loaded generator turns prompts (or blends of prompts) into meshes.
 
 ``Generator`` is what the CLI and the service hold: the amortized field, its config, the text encoder it
-was trained with, and the identity of the weights (``model_hash``, the checkpoint's sha256). Generation
+was trained with, and the model's identity (``model_hash``: of its weights and config). Generation
 is prompt -> the prompt as the model reads it (``read``: colour names it never saw become the nearest it
 saw) -> embedding -> ``materialize`` (one plain grid per prompt) -> coarse-to-fine query of the grids
 (``att3d.meshing.mesher`` picks the path; ``MeshConfig.grid_query=dense`` queries every sample) -> marching
@@ -20,7 +20,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from att3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from att3d.checkpoint import CheckpointError, load_checkpoint, model_identity, save_checkpoint
 from att3d.color_terms import ColorTermReader
 from att3d.config import ConfigError, MeshConfig, ModelConfig, from_dict, to_dict
 from att3d.familiarity import (
@@ -51,7 +51,10 @@ class Generator:
     encoder: TextEncoder
     name: str
     model_hash: str
-    """sha256 of the weights; identifies the model in caches, ETags and response headers."""
+    """Identifies the model in caches, ETags and response headers: ``checkpoint.model_identity`` of its
+    weights and full config (defaults of fields newer than the manifest included), so the same weights
+    meshed another way (``config.mesh``) or read another way (``config.text``) never share a cached
+    result."""
     prompts: list[str] = dataclasses.field(default_factory=list)
     """The prompt set the model was trained on."""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -98,7 +101,7 @@ class Generator:
             config=config,
             encoder=encoder,
             name=name or str(ckpt.metadata.get("name") or Path(path).name),
-            model_hash=ckpt.weights_sha256,
+            model_hash=model_identity(ckpt.weights_sha256, to_dict(config)),
             prompts=list(ckpt.prompts),
             metadata=dict(ckpt.metadata),
             device=torch.device(device),
@@ -127,7 +130,7 @@ class Generator:
             config=config,
             encoder=get_text_encoder(config.text.encoder),
             name="default",
-            model_hash=digest.hexdigest(),
+            model_hash=model_identity(digest.hexdigest(), to_dict(config)),
             metadata={"step": 0, "note": f"untrained seeded initialization (seed {seed})"},
             device=torch.device(device),
         )

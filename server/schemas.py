@@ -237,7 +237,8 @@ class ModelInfo(BaseModel):
 
     name: str
     model_hash: str
-    """sha256 of the weights (also sent as ``X-Model-Hash`` with every mesh)."""
+    """sha256 of the weights and the model config (``att3d.generate.model_identity``; also sent as
+    ``X-Model-Hash`` with every mesh)."""
     text_encoder: str
     num_prompts: int
     """Size of the prompt set it was trained on (``GET /v1/models/{name}/prompts`` lists them)."""

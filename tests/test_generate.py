@@ -3,6 +3,8 @@ between: tests/meshing/test_meshing_mesher.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,19 @@ def test_seeded_default_is_deterministic() -> None:
     b = Generator.seeded(tiny_model_config(), seed=3)
     c = Generator.seeded(tiny_model_config(), seed=4)
     assert a.model_hash == b.model_hash != c.model_hash
+
+
+def test_model_hash_covers_the_config(tiny_checkpoint, tmp_path) -> None:
+    # Same weights, another mesh iso-level: meshes differ, so caches keyed by model_hash must too.
+    original = Generator.from_checkpoint(tiny_checkpoint)
+    other = Generator.from_checkpoint(tiny_checkpoint)
+    other.config = dataclasses.replace(
+        other.config, mesh=dataclasses.replace(other.config.mesh, density_threshold=4.5)
+    )
+    reloaded = Generator.from_checkpoint(other.save(tmp_path / "iso"))
+    assert reloaded.config.mesh.density_threshold == 4.5
+    assert reloaded.model_hash != original.model_hash
+    assert Generator.from_checkpoint(original.save(tmp_path / "same")).model_hash == original.model_hash
 
 
 def test_blend_is_the_weighted_embedding(tiny_checkpoint) -> None:

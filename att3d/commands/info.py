@@ -49,8 +49,8 @@ def checkpoint_of(path: Path) -> Path:
 
 def summary(directory: Path, manifest: dict[str, Any]) -> str:
     """A dozen lines a person reads: what the model is, what it was trained on, how big it is."""
-    from att3d.checkpoint import WEIGHTS_FILE, CheckpointError
-    from att3d.config import ConfigError, ModelConfig, from_dict
+    from att3d.checkpoint import WEIGHTS_FILE, CheckpointError, model_identity
+    from att3d.config import ConfigError, ModelConfig, from_dict, to_dict
 
     try:
         config = from_dict(ModelConfig, manifest["config"])
@@ -66,7 +66,7 @@ def summary(directory: Path, manifest: dict[str, Any]) -> str:
     rows = [
         ("checkpoint", str(directory)),
         ("name", str(metadata.get("name") or directory.name)),
-        ("model hash", manifest["weights_sha256"]),
+        ("model hash", model_identity(manifest["weights_sha256"], to_dict(config))),
         ("trained", f"{step} steps" if isinstance(step, int) else "(step not recorded)"),
         ("created", manifest["created"]),
         ("prompts", f"{len(prompts)}" + (f": {examples}{more}" if prompts else "")),

@@ -19,17 +19,17 @@ def run(*args: str):
 
 
 def test_info_prints_a_short_summary(tiny_checkpoint) -> None:
+    from att3d.generate import Generator
+
     result = run("info", str(tiny_checkpoint))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) <= 12
-    manifest = json.loads((tiny_checkpoint / "manifest.json").read_text())
     fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines)  # "key   value"
-    assert fields["model hash"] == manifest["weights_sha256"]
+    assert fields["model hash"] == Generator.from_checkpoint(tiny_checkpoint).model_hash  # as served
     assert fields["prompts"] == '2: "a red cube", "a blue sphere"'
     assert fields["text encoder"] == "all-MiniLM-L6-v2 (minilm, 384-d)"
     assert "MLP 2 x " in fields["field"]
-    from att3d.generate import Generator
 
     state = Generator.from_checkpoint(tiny_checkpoint).field.state_dict()
     parameters = sum(p.numel() for p in state.values())
