@@ -148,6 +148,11 @@ class MeshConfig:
     density_threshold: PositiveNumber = 6.93
     """Iso-level on density: ln(2)/0.1, i.e. 50 % opacity across 0.1 world units (densities are >= 0 and
     the grid is padded with 0: a non-positive level has no outside)."""
+    color_depth: Annotated[NonNegativeNumber, Field(le=0.25)] = 0.03
+    """How deep below the surface (world units, along the inward normal) vertex colours and textures read
+    the albedo. A trained field's surface is soft: the iso-level lies in a faint outer layer that renders
+    barely show, so SDS leaves its albedo lighter and speckled; rays are absorbed a few hundredths deeper,
+    where the colour the renders (and the prior) saw is. 0 reads at the iso-surface itself."""
     chunk_points: PositiveInt = 262144
     """Points queried per chunk (bounds memory at any resolution)."""
     min_component_fraction: Fraction = 0.02

@@ -126,6 +126,7 @@ def eval_command(
                     "image_size": settings.image_size,
                     "n_points": settings.n_points,
                     "density_threshold": generator.config.mesh.density_threshold,
+                    "color_depth": generator.config.mesh.color_depth,
                     "view_elevations": eval_cameras(settings.views).elevation.tolist(),
                 },
                 "cases": results,
@@ -153,6 +154,7 @@ def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> Non
         ("surface colour dist", "right"),
         ("surface colour", "left"),
         ("albedo std", "right"),
+        ("albedo bias", "right"),
         ("R-prec", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -167,6 +169,7 @@ def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> Non
             f"{row['surface_color_distance']:.3f}",
             (row["surface_color"] or "(no surface)") + mark,
             f"{row['albedo_std']:.3f}",
+            f"{row['albedo_bias']:.3f}",
             f"{row['r_precision']:.2f}",
         )
     summaries = [(f"mean ({name})", m) for name, m in means["splits"].items()]
@@ -181,6 +184,7 @@ def print_table(results: Sequence[dict[str, Any]], means: dict[str, Any]) -> Non
             f"{m['surface_color_distance']:.3f}",
             f"{m['surface_color_accuracy']:.0%} right",
             f"{m['albedo_std']:.3f}",
+            f"{m['albedo_bias']:.3f}",
             f"{m['r_precision']:.2f}",
             end_section=i == len(summaries) - 1,
             style="bold" if i == len(summaries) - 1 else None,

@@ -18,8 +18,8 @@ to the host. Here a batch of ``P`` embeddings goes through the same grids in a h
    full coarse grid (the blocks: ``att3d.meshing.grid``).
 4. **one marching cubes for the batch**: the fine volumes, each padded with empty space as ``extract_mesh``
    does, are stacked along x into one grid (the empty layers keep them apart) and meshed with
-   :func:`att3d.meshing.marching_cubes.marching_cubes`; vertex albedo (one query) and vertex normals are
-   computed on the device;
+   :func:`att3d.meshing.marching_cubes.marching_cubes`; vertex normals and vertex albedo (one query,
+   ``color_depth`` below each vertex) are computed on the device;
 5. floaters are dropped on the device (``min_component_fraction``, the same rule as ``extract_mesh``,
    with a union-find over the vertex graph); on the **host** the meshes are split per prompt and wrapped
    as coloured ``trimesh.Trimesh`` objects.
@@ -314,7 +314,10 @@ class CoarseToFineMesher:
         counts = [0] * len(grids)
         for i, p in enumerate(group):
             counts[p] = int(vertex_counts[i])
-        _, albedo = query_chunked(query, world, counts, self.options.chunk_points)
+        normals = _vertex_normals(world, faces)
+        # The albedo is read color_depth below the surface (MeshConfig.color_depth says why).
+        inside = world - self.config.color_depth * normals
+        _, albedo = query_chunked(query, inside, counts, self.options.chunk_points)
         colors = torch.cat(
             [
                 (torch.nan_to_num(albedo, nan=0.0).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8),
@@ -325,7 +328,7 @@ class CoarseToFineMesher:
         return _Surface(
             vertices=world.cpu().numpy().astype(np.float64),
             faces=faces.cpu().numpy(),
-            normals=_vertex_normals(world, faces).cpu().numpy().astype(np.float64),
+            normals=normals.cpu().numpy().astype(np.float64),
             colors=colors.cpu().numpy(),
             vertex_counts=vertex_counts.tolist(),
             face_counts=face_counts.tolist(),

@@ -7,7 +7,8 @@
    of ``att3d.meshing.marching_cubes`` on CUDA: ``MeshConfig.marching_cubes``), padded with empty space so
    that surfaces cut by the scene box still close; faces point outward (towards lower density);
 4. connected components much smaller than the largest are dropped (floaters, ``att3d.meshing.components``);
-5. colours: vertex albedo or a baked UV texture (``att3d.meshing.texture``).
+5. colours: vertex albedo or a baked UV texture (``att3d.meshing.texture``), read ``color_depth`` below
+   the surface.
 
 Export is ``att3d.meshing.export``. The coarse-to-fine path (``att3d.meshing.coarse_to_fine``) places its
 samples identically and queries only those near the surface.
@@ -67,4 +68,4 @@ def extract_mesh(
 
     if config.texture == "uv":
         return bake_texture(mesh, fn, config, device)
-    return color_vertices(mesh, fn, config.chunk_points, device)
+    return color_vertices(mesh, fn, config.chunk_points, device, config.color_depth)

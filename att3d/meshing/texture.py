@@ -2,7 +2,8 @@
 
 ``texture="vertex"``: the albedo queried at each vertex (RGBA uint8). ``texture="uv"``: an xatlas unwrap
 whose albedo is baked into a PNG by rasterizing the triangles in UV space, on the CPU (the reference) or
-with nvdiffrast on CUDA (:func:`bake_uv_texture`, same texel conventions).
+with nvdiffrast on CUDA (:func:`bake_uv_texture`, same texel conventions). Either way the albedo is read
+``MeshConfig.color_depth`` below the surface, along the inward (interpolated vertex) normal.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ AlbedoFn = Callable[[Tensor], Tensor]
 
 
 def color_vertices(
-    mesh: trimesh.Trimesh, fn: QueryFn, chunk_points: int, device: torch.device | str
+    mesh: trimesh.Trimesh, fn: QueryFn, chunk_points: int, device: torch.device | str, depth: float = 0.0
 ) -> trimesh.Trimesh:
-    """``mesh`` with the albedo of ``fn`` at its vertices as RGBA uint8 vertex colours."""
-    albedo = query_albedo(fn, mesh.vertices, chunk_points, device)
+    """``mesh`` with the albedo of ``fn`` ``depth`` below each vertex (along its inward normal) as RGBA
+    uint8 vertex colours. ``mesh`` faces wind counter-clockwise seen from outside."""
+    points = mesh.vertices - depth * mesh.vertex_normals if depth > 0 else mesh.vertices
+    albedo = query_albedo(fn, points, chunk_points, device)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba8(albedo))
     return mesh
 
@@ -53,8 +56,8 @@ def bake_texture(
     import xatlas  # only the UV path needs it (GPU images without it still mesh with vertex colours)
 
     vmapping, faces, uv = xatlas.parametrize(scaled.astype(np.float32), mesh.faces.astype(np.uint32))
-    vertices = mesh.vertices[vmapping]
-    image = bake_albedo(vertices, faces.astype(np.int64), uv, fn, config, device)
+    vertices, normals = mesh.vertices[vmapping], mesh.vertex_normals[vmapping]
+    image = bake_albedo(vertices, faces.astype(np.int64), uv, fn, config, device, normals)
     material = trimesh.visual.material.PBRMaterial(
         name="material", baseColorTexture=Image.fromarray(image), metallicFactor=0.0, roughnessFactor=1.0
     )
@@ -69,8 +72,10 @@ def bake_albedo(
     fn: QueryFn,
     config: MeshConfig,
     device: torch.device | str,
+    normals: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rasterize triangles in UV space and query the albedo at each covered texel's 3D point.
+    """Rasterize triangles in UV space and query the albedo at each covered texel's 3D point, moved
+    ``config.color_depth`` inwards along the interpolated vertex ``normals`` (outward, ``[V, 3]``) if given.
 
     Image rows run top to bottom while ``v`` runs bottom to top (OpenGL/trimesh convention), hence the
     flip. Texels outside every chart take the colour of the nearest covered texel, which hides seams at
@@ -79,10 +84,16 @@ def bake_albedo(
     size = config.texture_size
     # On CUDA, nvdiffrast rasterizes in UV space on the GPU, with the same conventions.
     if torch.device(device).type == "cuda" and nvdiffrast_status() is None:
-        return bake_uv_texture(vertices, faces, uv, lambda p: call_field(fn, p)[1], size, device)
+        return bake_uv_texture(
+            vertices, faces, uv, lambda p: call_field(fn, p)[1], size, device, normals, config.color_depth
+        )
     pixels = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=-1)
     texel, face, bary = _rasterize(pixels[faces], size)
     points = np.einsum("nk,nkd->nd", bary, vertices[faces[face]])
+    if normals is not None and config.color_depth > 0:
+        inward = np.einsum("nk,nkd->nd", bary, normals[faces[face]])
+        inward /= np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-12)
+        points = points - config.color_depth * inward
     image = np.zeros((size * size, 3), dtype=np.float32)
     covered = np.zeros(size * size, dtype=bool)
     image[texel] = query_albedo(fn, points, config.chunk_points, device)
@@ -151,8 +162,11 @@ def bake_uv_texture(
     albedo: AlbedoFn,
     size: int,
     device: torch.device | str = "cuda",
+    normals: np.ndarray | None = None,
+    depth: float = 0.0,
 ) -> np.ndarray:
-    """Bake ``albedo`` into a ``size × size`` RGB uint8 texture by rasterizing the mesh in UV space.
+    """Bake ``albedo`` into a ``size × size`` RGB uint8 texture by rasterizing the mesh in UV space, read
+    ``depth`` inwards along the interpolated vertex ``normals`` (outward, ``[V, 3]``) when given.
 
     Same conventions as the CPU baker (:func:`bake_albedo`): texel ``(row, col)`` has its centre at
     ``u = (col + 0.5) / size``, ``v = 1 - (row + 0.5) / size`` (image rows top to bottom, ``v`` bottom to
@@ -173,6 +187,10 @@ def bake_uv_texture(
     rast, _ = dr.rasterize(raster_context(device), clip[None].contiguous(), tri, resolution=[size, size])
     world = torch.as_tensor(vertices, dtype=torch.float32, device=device)
     points, _ = dr.interpolate(world[None].contiguous(), rast, tri)
+    if normals is not None and depth > 0:
+        outward = torch.as_tensor(normals, dtype=torch.float32, device=device)
+        texel_normals, _ = dr.interpolate(outward[None].contiguous(), rast, tri)
+        points = points - depth * torch.nn.functional.normalize(texel_normals, dim=-1)
     covered = rast[0, ..., 3] > 0
     image = torch.zeros(size, size, 3, device=device)
     with torch.no_grad():

@@ -91,6 +91,8 @@ class ObjectScores(TypedDict):
     """``surface_color`` is the object's and at most half the true surface is missing."""
     albedo_std: float
     """RGB standard deviation of the albedo over the model's surface."""
+    albedo_bias: float
+    """RGB distance of the mean albedo over the model's surface to the true colour."""
     surface_missing: float
     """Fraction of the true surface with no model surface within the tolerance."""
     surface_misplaced: float
@@ -168,10 +170,13 @@ def score_query(
     render_config: RenderConfig | None = None,
     classifier: ShapesClassifier | None = None,
     device: str = "cpu",
+    color_depth: float = 0.0,
 ) -> ObjectScores:
     """Score one field ``query(points [N, 3]) -> (density [N], albedo [N, 3])`` against ``obj``.
 
     ``threshold`` is the occupancy iso-level (default ``metrics.DENSITY_THRESHOLD``, the mesh default);
+    ``color_depth`` how deep below its surface the surface scores read the colour (the mesh's
+    ``MeshConfig.color_depth``; 0: at the iso-surface);
     ``render_config`` sets samples per ray, ambient and normals of the renders (default
     ``RenderConfig()``; its background is replaced by white and its image size by ``settings``);
     ``classifier`` defaults to the bundled one.
@@ -191,7 +196,14 @@ def score_query(
     render_config = dataclasses.replace(render_config or RenderConfig(), background=(1.0, 1.0, 1.0))
     with torch.no_grad():
         surface = field_scores(
-            query, obj, settings.resolution, threshold, bound, settings.n_points, device=device
+            query,
+            obj,
+            settings.resolution,
+            threshold,
+            bound,
+            settings.n_points,
+            device=device,
+            color_depth=color_depth,
         )
         colour = color_error(query, obj, settings.n_points, device=device)
         cameras = eval_cameras(settings.views).to(device)
@@ -206,6 +218,7 @@ def score_query(
         surface_color=surface["surface_color"],
         surface_color_right=surface["surface_color_right"],
         albedo_std=surface["albedo_std"],
+        albedo_bias=surface["albedo_bias"],
         surface_missing=surface["surface_missing"],
         surface_misplaced=surface["surface_misplaced"],
         color_distance=float(colour["mean_rgb_distance"]),
@@ -259,8 +272,8 @@ def evaluate_generator(
 ) -> list[dict[str, Any]]:
     """Per-case results: ``prompt``, ``shape``, ``color``, ``split`` and the :class:`ObjectScores`.
 
-    Uses the model's mesh iso-level, scene bound and render settings. ``on_case(i, case)`` is called
-    before case ``i`` is scored (progress reporting).
+    Uses the model's mesh iso-level and colour depth, scene bound and render settings. ``on_case(i,
+    case)`` is called before case ``i`` is scored (progress reporting).
     """
     import torch
 
@@ -284,6 +297,7 @@ def evaluate_generator(
             render_config=config.render,
             classifier=classifier,
             device=str(generator.device),
+            color_depth=config.mesh.color_depth,
         )
         row = {"prompt": case.prompt, "shape": case.obj.shape, "color": case.obj.color, "split": case.split}
         if read[i] != written[i]:
@@ -298,6 +312,7 @@ MEANS = {
     "surface_color_distance": "surface_color_distance",
     "surface_color_accuracy": "surface_color_right",
     "albedo_std": "albedo_std",
+    "albedo_bias": "albedo_bias",
     "color_distance": "color_distance",
     "color_accuracy": "color_correct",
     "r_precision": "r_precision",

@@ -7,8 +7,10 @@ model put nothing, so a wrong shape in the right colour passes. Here the model's
 cell centres, every grid edge whose two ends fall on different sides of the threshold holds a crossing
 (the edges marching cubes puts its vertices on); the crossing is located by bisection along the edge
 (``BISECTION_STEPS`` halvings: 1/256 of a cell), since a linear guess is off by up to a cell for a
-steep density. Its albedo is queried there. Edges are taken uniformly up to ``max_points`` (seeded), so
-a noisy field costs no more than a clean one.
+steep density. Its albedo is read where the mesh reads it (``MeshConfig.color_depth``): ``color_depth``
+below the crossing, along the inward normal (the density gradient by central differences of
+:data:`NORMAL_STEP`). Edges are taken uniformly up to ``max_points`` (seeded), so a noisy field costs no
+more than a clean one.
 
 **Matching to the truth.** The true surface is sampled (``metrics.surface_points``). A model point is
 *misplaced* when the exact SDF puts it more than ``tolerance`` from the true surface; a true point is
@@ -25,9 +27,11 @@ of every matched point is the object's colour.
 - ``surface_color_right``: the world colour nearest the per-channel median albedo over the model's
   surface is the object's, and at most half the true surface is missing.
 - ``albedo_std``: colour uniformity, ``sqrt(mean |a - mean a|²)`` of the albedo over the model's surface.
+- ``albedo_bias``: ``|mean a - true colour|``, the part of the colour error that is not noise: with
+  ``albedo_std`` it splits ``surface_color_distance`` into a shift of the whole surface and speckle.
 
 A field with no surface scores :data:`MAX_CHAMFER`, :data:`MAX_COLOR_DISTANCE`, colour wrong, everything
-missing, and ``albedo_std`` 0 (nothing to vary).
+missing, ``albedo_std`` 0 (nothing to vary) and ``albedo_bias`` :data:`MAX_COLOR_DISTANCE`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ MAX_COLOR_DISTANCE = math.sqrt(3.0)
 """Colour distance of a misplaced or missing surface: the largest RGB distance there is."""
 MAX_CHAMFER_FACTOR = 2.0 * math.sqrt(3.0)
 """A field without a surface scores this times ``bound`` as Chamfer: the diagonal of the scene box."""
+NORMAL_STEP = 0.01
+"""Central-difference step of the density gradient that points inwards at the model's surface."""
 MAX_POINTS = 8192
 """Default cap on model-surface points (crossing edges sampled uniformly beyond it)."""
 
@@ -75,6 +81,8 @@ class SurfaceScores(TypedDict):
     """World colour nearest the median albedo over the model's surface (``""`` without a surface)."""
     albedo_std: float
     """RGB standard deviation of the albedo over the model's surface (0 is uniform)."""
+    albedo_bias: float
+    """RGB distance of the mean albedo over the model's surface to the true colour."""
     surface_missing: float
     """Fraction of the true surface with no model surface within the tolerance."""
     surface_misplaced: float
@@ -108,8 +116,10 @@ def model_surface(
     seed: int = 0,
     chunk: int = 65536,
     device: torch.device | str = "cpu",
+    color_depth: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Points ``[M, 3]`` on the field's ``density = threshold`` surface and the albedo there ``[M, 3]``.
+    """Points ``[M, 3]`` on the field's ``density = threshold`` surface and the albedo ``[M, 3]`` read
+    ``color_depth`` below each, along the inward normal.
 
     ``density`` ``[R³]`` is the field already queried at ``grid_points(resolution, bound)``. See the
     module docstring for the method. ``M`` is 0 when nothing on the grid crosses the threshold.
@@ -130,7 +140,14 @@ def model_surface(
         inside = torch.where(now_inside, middle, inside)
         outside = torch.where(now_inside, outside, middle)
     surface = 0.5 * (outside + inside)
-    _, albedo = query_field(query_fn, surface.to(device), chunk)
+    read_at = surface
+    if color_depth > 0:
+        steps = torch.eye(3) * NORMAL_STEP
+        probes = torch.cat([surface[:, None] + steps, surface[:, None] - steps], dim=1).reshape(-1, 3)
+        density_at = query_field(query_fn, probes.to(device), chunk)[0].cpu().reshape(-1, 2, 3)
+        inward = torch.nn.functional.normalize(density_at[:, 0] - density_at[:, 1], dim=-1)
+        read_at = surface + color_depth * inward
+    _, albedo = query_field(query_fn, read_at.to(device), chunk)
     return surface, albedo.nan_to_num(0.0).clamp(0.0, 1.0)
 
 
@@ -163,6 +180,7 @@ def score_surface(
             surface_color_right=False,
             surface_color="",
             albedo_std=0.0,
+            albedo_bias=MAX_COLOR_DISTANCE,
             surface_missing=1.0,
             surface_misplaced=0.0,
         )
@@ -181,6 +199,7 @@ def score_surface(
         surface_color_right=name == obj.color and missing_fraction <= 0.5,
         surface_color=name,
         albedo_std=(albedo - albedo.mean(dim=0)).square().sum(dim=-1).mean().sqrt().item(),
+        albedo_bias=(albedo.mean(dim=0) - rgb).norm().item(),
         surface_missing=missing_fraction,
         surface_misplaced=misplaced.float().mean().item(),
     )
@@ -205,16 +224,18 @@ def field_scores(
     seed: int = 0,
     chunk: int = 65536,
     device: torch.device | str = "cpu",
+    color_depth: float = 0.0,
 ) -> FieldScores:
     """IoU and the surface scores of one field, from one query of the ``resolution³`` grid.
 
-    ``n_points`` samples the true surface; the tolerance is raised to one grid cell on coarse grids.
+    ``n_points`` samples the true surface; the tolerance is raised to one grid cell on coarse grids;
+    ``color_depth`` is how deep below its surface the model's colour is read (the mesh's).
     """
     points = grid_points(resolution, bound)
     density, _ = query_field(query_fn, points.to(device), chunk)
     iou = occupancy_iou(density > threshold, obj.occupancy(points))
     surface, albedo = model_surface(
-        query_fn, density, resolution, threshold, bound, max_points, seed, chunk, device
+        query_fn, density, resolution, threshold, bound, max_points, seed, chunk, device, color_depth
     )
     truth = surface_points(obj, n_points, seed)
     tolerance = max(tolerance, 2.0 * bound / resolution)
@@ -225,6 +246,7 @@ __all__ = [
     "BISECTION_STEPS",
     "MAX_CHAMFER_FACTOR",
     "MAX_COLOR_DISTANCE",
+    "NORMAL_STEP",
     "SURFACE_TOLERANCE",
     "FieldScores",
     "SurfaceScores",

@@ -88,7 +88,8 @@ def test_fine_pass_samples_only_the_padded_occupied_box_with_isotropic_voxels():
     mesh = extract_mesh(recording, config)
     coarse, fine, vertices = calls  # one chunk per pass, then the vertex albedo query
     assert len(coarse) == 24**3 and coarse.min() == -1.0 and coarse.max() == 1.0
-    np.testing.assert_allclose(vertices, mesh.vertices, atol=1e-6)
+    inward = mesh.vertices - config.color_depth * mesh.vertex_normals  # read below the surface
+    np.testing.assert_allclose(vertices, inward, atol=1e-6)
     coarse_step = 2.0 / 23
     steps = []
     for axis, h in enumerate(half):
@@ -174,6 +175,32 @@ def test_vertex_colours_are_the_albedo_at_the_vertices(sphere_mesh):
     assert colours.dtype == np.uint8 and colours.shape == (len(sphere_mesh.vertices), 4)
     np.testing.assert_array_equal(colours[keep], expected_rgba(sphere_mesh.vertices[keep]))
     assert keep.mean() > 0.95
+
+
+def shelled_sphere(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sphere of radius 0.5 whose outer 0.01 is white and whose inside is steel blue: a soft surface
+    whose faint outer layer has another colour than the layer renders show."""
+    density, _ = sphere_field()(points)
+    albedo = torch.tensor([0.2, 0.4, 0.6]).expand(len(points), 3).clone()
+    albedo[points.norm(dim=-1) > 0.49] = 1.0
+    return density, albedo
+
+
+@pytest.mark.parametrize("texture", ["vertex", "uv"])
+def test_colours_are_read_color_depth_below_the_surface(texture):
+    config = replace(CONFIG, resolution=32, texture=texture, texture_size=128)
+    assert config.color_depth == pytest.approx(0.03)  # the default: past the white shell
+
+    def colours(mesh: trimesh.Trimesh) -> np.ndarray:
+        if texture == "vertex":
+            return mesh.visual.vertex_colors[:, :3]
+        image = np.asarray(mesh.visual.material.baseColorTexture)
+        return sample_texture(image, mesh.visual.uv[mesh.faces].mean(axis=1))
+
+    inside = colours(extract_mesh(shelled_sphere, config))
+    assert (inside == [51, 102, 153]).all(axis=1).mean() > 0.98
+    at_surface = colours(extract_mesh(shelled_sphere, replace(config, color_depth=0.0)))
+    assert (at_surface == [255, 255, 255]).all(axis=1).mean() > 0.98
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def test_ground_truth_scores_one(obj) -> None:
     # On the model's own surface: the same surface, the right colour, uniform.
     assert scores["chamfer"] < 0.015  # the floor of point sampling at 32³
     assert scores["surface_color_distance"] < 1e-5 and scores["albedo_std"] < 1e-5
+    assert scores["albedo_bias"] < 1e-5
     assert scores["surface_color"] == obj.color and scores["surface_color_right"] is True
     assert scores["surface_missing"] == 0.0 and scores["surface_misplaced"] == 0.0
 
@@ -102,6 +103,7 @@ def test_mean_scores() -> None:
             "surface_color_distance": iou / 4,
             "surface_color_right": not correct,
             "albedo_std": iou / 5,
+            "albedo_bias": iou / 8,
             "color_distance": iou / 2,
             "color_correct": correct,
             "r_precision": rp,
@@ -118,6 +120,7 @@ def test_mean_scores() -> None:
             "surface_color_distance": 0.075,
             "surface_color_accuracy": 0.5,
             "albedo_std": 0.06,
+            "albedo_bias": 0.0375,
             "color_distance": 0.15,
             "color_accuracy": 0.5,
             "r_precision": 0.75,
@@ -132,6 +135,7 @@ def test_mean_scores() -> None:
             "surface_color_distance": 0.125,
             "surface_color_accuracy": 1 / 3,
             "albedo_std": 0.1,
+            "albedo_bias": 0.0625,
             "color_distance": 0.25,
             "color_accuracy": 2 / 3,
             "r_precision": 0.5,

@@ -75,6 +75,7 @@ def test_reference_scores_perfect_and_empty_scores_worst() -> None:
     exact = field_scores(reference_query(RED_CUBE), RED_CUBE, resolution=32, n_points=512)
     assert exact["iou"] > 0.99 and exact["chamfer"] < 0.015
     assert exact["surface_color_distance"] < 1e-6 and exact["albedo_std"] < 1e-6
+    assert exact["albedo_bias"] < 1e-6
     assert exact["surface_color_right"] is True and exact["surface_color"] == "red"
     assert exact["surface_missing"] == 0.0 and exact["surface_misplaced"] == 0.0
 
@@ -89,6 +90,7 @@ def test_reference_scores_perfect_and_empty_scores_worst() -> None:
         "surface_color_right": False,
         "surface_color": "",
         "albedo_std": 0.0,
+        "albedo_bias": MAX_COLOR_DISTANCE,
         "surface_missing": 1.0,
         "surface_misplaced": 0.0,
     }
@@ -121,6 +123,13 @@ def test_score_surface_colour_and_uniformity() -> None:
     assert scores["surface_missing"] == 0.0 and scores["surface_misplaced"] == 0.0
     assert scores["surface_color_distance"] == pytest.approx(gap / 2, abs=0.05)  # half the points off
     assert scores["albedo_std"] == pytest.approx(gap / 2, rel=1e-3)  # two equal halves: std = gap / 2
+    assert scores["albedo_bias"] == pytest.approx(gap / 2, rel=1e-3)  # the mean is halfway to blue
+    # The whole surface one shade off: all bias, no speckle, and the distance is the shift.
+    shift = torch.tensor([0.1, 0.05, 0.0])
+    shifted = score_surface(surface, (red + shift).repeat(8000, 1), RED_SPHERE, truth)
+    assert shifted["albedo_bias"] == pytest.approx(shift.norm().item(), rel=1e-4)
+    assert shifted["albedo_std"] < 1e-6
+    assert shifted["surface_color_distance"] == pytest.approx(shift.norm().item(), rel=1e-4)
     with_floater = score_surface(
         torch.cat([surface, torch.tensor([[0.0, 0.0, 0.95]]).expand(8000, 3)]),
         torch.cat([red.expand(8000, 3), red.expand(8000, 3)]),
@@ -134,3 +143,21 @@ def test_score_surface_colour_and_uniformity() -> None:
 def test_model_surface_checks_the_grid() -> None:
     with pytest.raises(ValueError, match=r"density must be \[512\]"):
         model_surface(ball(0.5, (1, 0, 0)), torch.zeros(10), 8, 6.93)
+
+
+def test_colour_is_read_color_depth_below_the_surface() -> None:
+    # The exact red sphere, but its outer 0.01 is white: the faint layer a soft field's iso-level sits in.
+    exact = reference_query(RED_SPHERE)
+
+    def shelled(points):
+        density, albedo = exact(points)
+        white = (RED_SPHERE.sdf(points) > -0.01)[:, None]
+        return density, torch.where(white, torch.ones_like(albedo), albedo)
+
+    below = field_scores(shelled, RED_SPHERE, resolution=48, n_points=512, color_depth=0.03)
+    assert below["surface_color_distance"] < 1e-5 and below["albedo_bias"] < 1e-5
+    assert below["surface_color"] == "red" and below["iou"] > 0.97  # the surface itself is unchanged
+    at_surface = field_scores(shelled, RED_SPHERE, resolution=48, n_points=512)
+    white_from_red = (torch.ones(3) - RED_SPHERE.rgb).norm().item()
+    assert at_surface["surface_color_distance"] == pytest.approx(white_from_red, rel=1e-4)
+    assert at_surface["chamfer"] == pytest.approx(below["chamfer"])
