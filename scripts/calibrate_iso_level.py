@@ -42,7 +42,7 @@ def mean_iou_by_level(generator: Generator, levels: list[float], resolution: int
         for obj in objects:
             field = generator.prompt_field(generator.embed([obj.canonical_prompt])[0])
             density, _ = query_field(field, points.to(generator.device), 65536)
-            truth = obj.sdf(points) <= 0.0
+            truth = obj.occupancy(points)
             totals += torch.tensor([occupancy_iou(density.cpu() > level, truth) for level in levels])
     return (totals / len(objects)).tolist()
 

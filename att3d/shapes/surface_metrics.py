@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from att3d.meshing.query import QueryFn
+from att3d.render import density_normals
 from att3d.shapes.metrics import (
     DENSITY_THRESHOLD,
     grid_points,
@@ -141,12 +142,14 @@ def model_surface(
         outside = torch.where(now_inside, outside, middle)
     surface = 0.5 * (outside + inside)
     read_at = surface
-    if color_depth > 0:
-        steps = torch.eye(3) * NORMAL_STEP
-        probes = torch.cat([surface[:, None] + steps, surface[:, None] - steps], dim=1).reshape(-1, 3)
-        density_at = query_field(query_fn, probes.to(device), chunk)[0].cpu().reshape(-1, 2, 3)
-        inward = torch.nn.functional.normalize(density_at[:, 0] - density_at[:, 1], dim=-1)
-        read_at = surface + color_depth * inward
+    if color_depth > 0:  # the renderer's normals: central differences of the density
+
+        def field_fn(points: Tensor) -> tuple[Tensor, Tensor]:  # [1, M, 3] -> [1, M], [1, M, 3]
+            density, albedo = query_field(query_fn, points.reshape(-1, 3).to(device), chunk)
+            return density.cpu().reshape(points.shape[:-1]), albedo.cpu().reshape(points.shape)
+
+        outward, _ = density_normals(field_fn, surface[None], NORMAL_STEP)
+        read_at = surface - color_depth * outward[0]
     _, albedo = query_field(query_fn, read_at.to(device), chunk)
     return surface, albedo.nan_to_num(0.0).clamp(0.0, 1.0)
 
