@@ -254,6 +254,13 @@ class CachedEncoder:
             self._memory.popitem(last=False)
 
 
+def uncached(encoder: TextEncoder) -> TextEncoder:
+    """The model behind a :class:`CachedEncoder` (any other encoder as it is): for text that is encoded once
+    and should not be kept, such as the variants of a prompt its reading tries (a client could otherwise
+    fill the disk cache dozens of files per request)."""
+    return encoder.encoder if isinstance(encoder, CachedEncoder) else encoder
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 
 from att3d.color_terms import fix_article, match_case
 from att3d.familiarity import FamiliarityIndex
-from att3d.text import TextEncoder
+from att3d.text import TextEncoder, uncached
 
 NEIGHBOURS = 3
 """Training words tried in place of an unknown word."""
@@ -35,6 +35,11 @@ KEEP_SIMILARITY = 0.5
 (cosine of the two words' embeddings), or make the prompt more familiar by the difference."""
 MIN_PROMPTS = 5
 """A training word is a candidate if at least this many training prompts use it."""
+MAX_READ_WORDS = 8
+"""At most this many unknown words of a prompt are read (the first ones written); the rest stay as written.
+Each costs one text-encoder call on the whole prompt, so without a bound a long prompt of unknown words
+would hold a worker for minutes (1,000 characters of them: ~100 s on the 2-core CPU); a prompt with more
+unknown words than this is far from anything the model knows anyway."""
 
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -52,11 +57,12 @@ class UnknownWordReader:
         """
         Args:
             training_prompts: the model's training prompts.
-            encoder: the model's text encoder.
+            encoder: the model's text encoder (used past any cache: the words and variants tried are not
+                kept).
             index: the training prompts' embeddings (the generator's familiarity index).
             exclude: words never offered as replacements (the training prompts' colour names).
         """
-        self.encoder = encoder
+        self.encoder = uncached(encoder)
         self.index = index
         used = Counter(w for p in training_prompts for w in {w.lower() for w in _WORD.findall(p)})
         self.training_words = frozenset(used)
@@ -66,22 +72,32 @@ class UnknownWordReader:
     def neighbours(self, word: str) -> list[tuple[str, float]]:
         """The :data:`NEIGHBOURS` candidates nearest to ``word`` and their cosine similarity to it, each
         word embedded alone."""
-        if not self.candidates:
-            return []
+        return self._neighbours([word])[word]
+
+    def _neighbours(self, words: list[str]) -> dict[str, list[tuple[str, float]]]:
+        """:meth:`neighbours` of several words, embedded in one encoder call."""
+        if not self.candidates or not words:
+            return {w: [] for w in words}
         if self._vectors is None:
             self._vectors = _unit(self.encoder.encode(self.candidates))
-        query = _unit(self.encoder.encode([word]))[0]
-        best = (self._vectors @ query).topk(min(NEIGHBOURS, len(self.candidates)))
-        return [(self.candidates[int(i)], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+        best = (_unit(self.encoder.encode(words)) @ self._vectors.T).topk(
+            min(NEIGHBOURS, len(self.candidates)), dim=1
+        )
+        return {
+            w: [(self.candidates[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+            for w, values, indices in zip(words, best.values, best.indices, strict=True)
+        }
 
     def read(self, prompt: str) -> str:
         """``prompt`` with each unknown word replaced where a training word scores higher (see the module)."""
         unknown = [m for m in _WORD.finditer(prompt) if m.group().lower() not in self.training_words]
+        unknown = unknown[:MAX_READ_WORDS]
+        nearest = self._neighbours(sorted({m.group().lower() for m in unknown}))
         current = prompt
         for match in reversed(unknown):  # right to left: the offsets of the words still to read hold
             written = match.group()
             variants, closeness = [current], [KEEP_SIMILARITY]
-            for word, word_similarity in self.neighbours(written.lower()):
+            for word, word_similarity in nearest[written.lower()]:
                 replacement = match_case(word, written)
                 variants.append(
                     fix_article(current[: match.start()], replacement) + replacement + current[match.end() :]

@@ -24,6 +24,7 @@ from att3d.meshing.coarse_to_fine import CoarseToFineOptions
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.export import frames_zip, mesh_to_bytes
 from att3d.meshing.mesher import mesh_embeddings
+from att3d.text import uncached
 from server.errors import ServiceError
 from server.memory import is_out_of_memory
 from server.schemas import MEDIA_TYPES, ZIP_MEDIA_TYPE
@@ -133,10 +134,10 @@ def warm_up(generator: Generator) -> None:
     config = dataclasses.replace(generator.config.mesh, resolution=16, texture="vertex")
     started = time.perf_counter()
     # The warm-up prompt's embedding may come from the on-disk cache, which would leave the text
-    # encoder unloaded until the first new prompt: load it now (a CachedEncoder wraps the model).
+    # encoder unloaded until the first new prompt: load the model behind the cache now.
     # A forward pass of the bare model (bypassing the cache) also allocates its activation buffers now
     # rather than on the first new prompt.
-    text_model = getattr(generator.encoder, "encoder", generator.encoder)
+    text_model = uncached(generator.encoder)
     if callable(getattr(text_model, "load", None)):
         text_model.load()
     text_model.encode([WARMUP_PROMPT])

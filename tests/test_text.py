@@ -18,6 +18,7 @@ from att3d.text import (
     get_text_encoder,
     minilm_model_dir,
     register_text_encoder,
+    uncached,
 )
 
 PROMPTS = [
@@ -176,6 +177,14 @@ def test_memory_cache_is_bounded(tmp_path):
     cached = CachedEncoder(FakeEncoder(), tmp_path, memory_items=2)
     cached.encode(["a", "b", "c"])
     assert list(cached._memory) == ["b", "c"]
+
+
+def test_uncached_is_the_model_behind_a_cache(tmp_path):
+    model = FakeEncoder()
+    assert uncached(CachedEncoder(model, tmp_path)) is model
+    assert uncached(model) is model
+    uncached(CachedEncoder(model, tmp_path)).encode(["a red cube"])
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_cache_rejects_encoder_output_of_wrong_shape(tmp_path):

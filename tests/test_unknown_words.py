@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from att3d.familiarity import FamiliarityIndex
-from att3d.unknown_words import KEEP_SIMILARITY, MIN_PROMPTS, UnknownWordReader
+from att3d.text import CachedEncoder
+from att3d.unknown_words import KEEP_SIMILARITY, MAX_READ_WORDS, MIN_PROMPTS, UnknownWordReader
 
 DIM = 64
 
@@ -92,6 +93,45 @@ def test_a_word_with_no_close_training_word_stays_when_replacing_it_gains_little
     reader = UnknownWordReader(TRAINING, encoder, FamiliarityIndex(indexed, encoder.encode(indexed)))
     assert all(similarity < KEEP_SIMILARITY for _, similarity in reader.neighbours("zebra"))
     assert reader.read("a red zebra") == "a red zebra"
+
+
+class CountingEncoder(BagOfWordsEncoder):
+    """Counts its calls and the sentences it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        self.calls.append(list(prompts))
+        return super().encode(prompts)
+
+
+def test_a_prompt_of_many_unknown_words_costs_a_bounded_number_of_encoder_calls() -> None:
+    encoder = CountingEncoder()
+    index = FamiliarityIndex(TRAINING, BagOfWordsEncoder().encode(TRAINING))
+    reader = UnknownWordReader(TRAINING, encoder, index)
+    unknown = [f"dice{chr(ord('a') + i)}" for i in range(3 * MAX_READ_WORDS)]
+    read = reader.read(" ".join(["a", *unknown, "dice"])).split()
+    # candidates once, the unknown words' neighbours in one call, one call of variants per word read
+    assert len(encoder.calls) == 2 + MAX_READ_WORDS
+    assert read[MAX_READ_WORDS + 1 :] == [*unknown[MAX_READ_WORDS:], "dice"]  # past the bound: as written
+    assert len(encoder.calls[1]) == MAX_READ_WORDS  # each distinct word embedded once
+
+
+def test_a_repeated_unknown_word_is_embedded_once_and_read_each_time() -> None:
+    encoder = CountingEncoder()
+    index = FamiliarityIndex(TRAINING, BagOfWordsEncoder().encode(TRAINING))
+    assert UnknownWordReader(TRAINING, encoder, index).read("a red dice dice") == "a red cube cube"
+    assert encoder.calls[1] == ["dice"]
+
+
+def test_reading_writes_nothing_to_the_embedding_cache(tmp_path) -> None:
+    cached = CachedEncoder(BagOfWordsEncoder(), tmp_path)
+    index = FamiliarityIndex(TRAINING, cached.encode(TRAINING))
+    stored = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(stored) == 3  # the distinct training prompts
+    assert UnknownWordReader(TRAINING, cached, index).read("a red dice of zebras") != "a red dice of zebras"
+    assert sorted(tmp_path.rglob("*.safetensors")) == stored
 
 
 def test_shipped_model_reads_unknown_words() -> None:
