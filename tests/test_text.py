@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -177,6 +178,31 @@ def test_memory_cache_is_bounded(tmp_path):
     cached = CachedEncoder(FakeEncoder(), tmp_path, memory_items=2)
     cached.encode(["a", "b", "c"])
     assert list(cached._memory) == ["b", "c"]
+
+
+def test_disk_cache_is_bounded_and_keeps_the_recently_used(tmp_path):
+    cached = CachedEncoder(FakeEncoder(), tmp_path, memory_items=0, disk_items=10)  # every hit reads disk
+    prompts = [f"prompt {i}" for i in range(10)]
+    cached.encode(prompts)
+    for i, prompt in enumerate(prompts):  # written in this order, long ago
+        os.utime(cached.path_for(prompt), (1000 + i, 1000 + i))
+    cached.encode(["prompt 0"])  # a hit: used now
+    cached.encode(["prompt 10"])  # the 11th file: the two least recently used go, down to 9
+    kept = {p for p in [*prompts, "prompt 10"] if cached.path_for(p).is_file()}
+    assert kept == {"prompt 0", *prompts[3:], "prompt 10"}
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 9
+    # a removed prompt is computed again, exactly as before
+    assert torch.equal(cached.encode(["prompt 1"]), FakeEncoder().encode(["prompt 1"]))
+
+
+def test_disk_cache_counts_files_left_by_earlier_processes(tmp_path):
+    CachedEncoder(FakeEncoder(), tmp_path).encode([f"old {i}" for i in range(5)])
+    later = CachedEncoder(FakeEncoder(), tmp_path, disk_items=5)
+    later.encode(["new"])  # 6 files on disk: pruned to 4
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 4
+    assert later.path_for("new").is_file()
+    with pytest.raises(ValueError, match="disk_items must be >= 1"):
+        CachedEncoder(FakeEncoder(), tmp_path, disk_items=0)
 
 
 def test_uncached_is_the_model_behind_a_cache(tmp_path):
