@@ -6,11 +6,11 @@ import types
 
 import pytest
 import torch
+from script_loader import loaded_script
 
 from att3d.config import MeshConfig
 from att3d.shapes.evaluate import reference_query
 from att3d.shapes.world import parse_prompt
-from tests.script_loader import loaded_script
 
 LEVEL = 5.0
 SHELL = 0.02
