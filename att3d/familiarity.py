@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from att3d.atomic import write_bytes_atomic
 from att3d.checkpoint import save_tensors_atomic
 from att3d.text import TextEncoder
 
@@ -158,6 +159,16 @@ def write_prompt_embeddings(checkpoint_dir: str | Path, encoder: TextEncoder, pr
     path = Path(checkpoint_dir) / PROMPT_EMBEDDINGS_FILE
     save_tensors_atomic(path, {"embeddings": matrix}, {"key": prompt_set_key(encoder.id, prompts)})
     return path
+
+
+def copy_prompt_embeddings(source_dir: str | Path, checkpoint_dir: str | Path) -> Path | None:
+    """Copy ``source_dir``'s :data:`PROMPT_EMBEDDINGS_FILE` (if any) into a checkpoint of the same prompts,
+    e.g. a copy with another mesh config: the matrix depends only on the encoder and the prompts, and is
+    checked against both when read. Returns the copy's path, ``None`` when the source has none."""
+    source = Path(source_dir) / PROMPT_EMBEDDINGS_FILE
+    if not source.is_file():
+        return None
+    return write_bytes_atomic(Path(checkpoint_dir) / PROMPT_EMBEDDINGS_FILE, source.read_bytes())
 
 
 def _read_shipped(path: Path, encoder: TextEncoder, prompts: Sequence[str]) -> torch.Tensor | None:

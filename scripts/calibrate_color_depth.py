@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from att3d.familiarity import PROMPT_EMBEDDINGS_FILE
+from att3d.familiarity import copy_prompt_embeddings
 from att3d.generate import Generator
 from att3d.shapes.metrics import grid_points, query_field, surface_points
 from att3d.shapes.splits import load_splits
@@ -88,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         mesh = dataclasses.replace(generator.config.mesh, color_depth=best)
         generator.config = dataclasses.replace(generator.config, mesh=mesh)
         out = generator.save(args.write)
-        if generator.folder is not None and (generator.folder / PROMPT_EMBEDDINGS_FILE).is_file():
-            shutil.copyfile(generator.folder / PROMPT_EMBEDDINGS_FILE, out / PROMPT_EMBEDDINGS_FILE)
+        if generator.folder is not None:
+            copy_prompt_embeddings(generator.folder, out)
         print(f"wrote {out} with mesh.color_depth = {best}")
     return 0
 

@@ -266,3 +266,19 @@ def test_shipped_prompt_embeddings_are_used_only_for_their_own_prompt_set(tmp_pa
     torch.testing.assert_close(
         training_embeddings(ToyEncoder(), prompts, shipped=path), torch.stack([TOY[p] for p in prompts])
     )
+
+
+def test_prompt_embeddings_are_copied_into_a_copy_of_the_checkpoint(tmp_path) -> None:
+    from att3d.familiarity import PROMPT_EMBEDDINGS_FILE, copy_prompt_embeddings, write_prompt_embeddings
+
+    source, copy = tmp_path / "model", tmp_path / "copy"
+    source.mkdir()
+    copy.mkdir()
+    assert copy_prompt_embeddings(source, copy) is None  # nothing shipped: nothing written
+    assert not (copy / PROMPT_EMBEDDINGS_FILE).exists()
+    write_prompt_embeddings(source, ToyEncoder(), TRAINING)
+    assert copy_prompt_embeddings(source, copy) == copy / PROMPT_EMBEDDINGS_FILE
+    ToyEncoder.calls = 0
+    matrix = training_embeddings(ToyEncoder(), TRAINING, shipped=copy / PROMPT_EMBEDDINGS_FILE)
+    assert ToyEncoder.calls == 0  # the copy is read as the original would be
+    torch.testing.assert_close(matrix, torch.stack([TOY[p] for p in TRAINING]), atol=1e-3, rtol=0)
