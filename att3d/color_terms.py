@@ -14,9 +14,15 @@ prompts, it knows which colour names the model has seen (``known``). In a new pr
 ones often name things: "a blue brick", "an ice cream cone"); if the model has not seen it, it becomes
 the seen one nearest in colour: CIEDE2000 with lightness weight ``kL = 2``, the metric that named the
 colour of the most training colour words from the others (leave-one-out on the training words only,
-24 of 25; plain CIELAB distance 19 of 25). The text embedding of the rewritten prompt conditions the model.
+24 of 25; plain CIELAB distance 19 of 25), among the seen names on the same side of the grey line
+(:data:`CHROMA_MIN`): a hue is never read as a grey nor a grey as a hue. Without that line the palest tints
+and the darkest shades are nearest to the model's greys and darkest hue ("sky blue", "baby blue" -> silver,
+"black" -> navy). The text embedding of the rewritten prompt conditions the model.
 
-It changes only that colour name and the article before it; a model whose prompts hold no colour name reads
+The seen names are those the training prompts gave objects, by the same first-name rule: a white
+background does not teach white objects ("a white cube" read as written came out yellow, the colour of the
+nearest training prompt "a yellow cube on a white background"). It changes only that colour name and the
+article before it; a model whose prompts hold no colour name reads
 every prompt as written. What the model was trained on decides everything: no world vocabulary is listed
 here.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,6 +44,10 @@ TYPO_MIN_LENGTH = 6
 """Shortest word read as a typo of a colour name (shorter words are too often other words: block/black)."""
 LIGHTNESS_WEIGHT = 2.0
 """``kL`` of CIEDE2000 (the textile setting: a lightness difference counts half as much as hue)."""
+CHROMA_MIN = 16.0
+"""CIELAB chroma ``C*`` from which a colour is a hue rather than a grey: the value that best separates the
+bundled lexicon's grey names (last word grey, gray, silver, white, black) from its hue names (last word a
+hue: blue, pink, brown, ...), 12 of 599 on the wrong side (``tests/test_color_terms.py`` recomputes it)."""
 
 _WORD = re.compile(r"[A-Za-z]+")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -73,6 +84,10 @@ class ColorLexicon:
     def bundled(cls) -> ColorLexicon:
         """The lexicon shipped in ``assets/color_names.json`` (loaded once per process)."""
         return cls(json.loads(COLOR_NAMES_FILE.read_text())["names"])
+
+    def chroma(self, name: str) -> float:
+        """CIELAB chroma ``C*`` of lexicon name ``name`` (0 for a grey, ~100 for the most vivid hues)."""
+        return float(np.hypot(self.lab[name][1], self.lab[name][2]))
 
     def distance(self, a: str, b: str) -> float:
         """CIEDE2000 colour difference of two lexicon names (``kL`` = :data:`LIGHTNESS_WEIGHT`)."""
@@ -136,15 +151,50 @@ class ColorTermReader:
     def __init__(self, training_prompts: list[str], lexicon: ColorLexicon | None = None) -> None:
         self.lexicon = lexicon or ColorLexicon.bundled()
         self.training_words = frozenset(w.lower() for p in training_prompts for w in _WORD.findall(p))
-        known = {t.name for p in training_prompts for t in self.lexicon.find(p, self.training_words)}
-        self.known = tuple(sorted(known))
-        """The colour names found in the training prompts."""
+        found = [self.lexicon.find(p) for p in training_prompts]  # typos too: "a crimmson box on white"
+        written = {
+            _key(p[t.start : t.end]) for p, terms in zip(training_prompts, found, strict=True) for t in terms
+        }
+        # A trained misspelling is read as its name (so "white" is not the colour of "a crimmson box on
+        # white"); other training words are never read as misspelt colour names.
+        self._plain_words = self.training_words - written
+        self.named = tuple(sorted({t.name for terms in found for t in terms}))
+        """Every colour name in the training prompts, the object's or not ("white" of "on white")."""
+        first = Counter(terms[0].name for terms in found if terms)
+        anywhere = Counter(name for terms in found for name in {t.name for t in terms})
+        self.known = tuple(sorted(name for name in first if 2 * first[name] > anywhere[name]))
+        """The colour names the training prompts gave objects: the first colour name (as in :meth:`read`) of
+        most prompts that use it. A model trained on "a red cube on a white background" has not learnt white
+        objects, even if a misspelling it cannot read ("a purplee ring on white") puts white first once."""
+        # Where the training prompts use the other names: the words after them ("white" -> "background"),
+        # and the words before them at a prompt's end ("isolated on white").
+        self._scene_after: dict[str, set[str]] = {}
+        self._scene_before_end: dict[str, set[str]] = {}
+        for prompt, terms in zip(training_prompts, found, strict=True):
+            for term in terms:
+                if term.name not in self.known:
+                    before, after = _context(prompt, term)
+                    if after is not None:
+                        self._scene_after.setdefault(term.name, set()).add(after)
+                    elif before is not None:
+                        self._scene_before_end.setdefault(term.name, set()).add(before)
         self._nearest: dict[str, str] = {}
 
+    def _names_a_scene(self, prompt: str, term: ColorTerm) -> bool:
+        """Whether ``term`` (a name the model did not learn as an object's colour) is where the training
+        prompts put it: "a cube on a white background" keeps its white, "a white cube" does not."""
+        before, after = _context(prompt, term)
+        if after is not None:
+            return after in self._scene_after.get(term.name, ())
+        return before in self._scene_before_end.get(term.name, ())
+
     def nearest_known(self, name: str) -> str:
-        """The known colour name nearest in colour to lexicon name ``name`` (itself if known)."""
+        """The known colour name nearest in colour to lexicon name ``name`` (itself if known), among the
+        known names on its side of :data:`CHROMA_MIN` if there are any."""
         if name not in self._nearest:
-            self._nearest[name] = min(self.known, key=lambda k: (self.lexicon.distance(name, k), k))
+            hue = self.lexicon.chroma(name) >= CHROMA_MIN
+            alike = [k for k in self.known if (self.lexicon.chroma(k) >= CHROMA_MIN) == hue]
+            self._nearest[name] = min(alike or self.known, key=lambda k: (self.lexicon.distance(name, k), k))
         return self._nearest[name]
 
     def read(self, prompt: str) -> str:
@@ -152,20 +202,30 @@ class ColorTermReader:
 
         The prompt's colour is its first colour name ("a red cube on a white background"); later ones are
         left as written (in "a blue brick" or "an ice cream cone" the lexicon's "brick" and "ice" name
-        things). Unchanged when the model saw no colour name; the article before a replaced name follows
-        its new first letter ("an azure ball" -> "a cobalt ball").
+        things), and so is a name the model saw only in scene phrases where it stands in one ("a cube on a
+        white background"). Unchanged when the model saw no colour name; the article before a replaced
+        name follows its new first letter ("an azure ball" -> "a cobalt ball").
         """
         if not self.known:
             return prompt
-        terms = self.lexicon.find(prompt, self.training_words)
+        terms = self.lexicon.find(prompt, self._plain_words)
+        terms = [t for t in terms if t.name in self.known or not self._names_a_scene(prompt, t)]
         if not terms:
             return prompt
         term = terms[0]
+        written = _key(prompt[term.start : term.end])
+        if term.name in self.known and (written == term.name or written in self.training_words):
+            return prompt  # a trained name, or a trained misspelling of one
         written = prompt[term.start : term.end]
-        if term.name in self.known and _key(written) == term.name:
-            return prompt
         replacement = match_case(self.nearest_known(term.name), written)
         return fix_article(prompt[: term.start], replacement) + replacement + prompt[term.end :]
+
+
+def _context(prompt: str, term: ColorTerm) -> tuple[str | None, str | None]:
+    """The words just before and after ``term`` in ``prompt`` (lower case; ``None`` at either end)."""
+    before = _WORD.findall(prompt[: term.start])
+    after = _WORD.findall(prompt[term.end :])
+    return (before[-1].lower() if before else None), (after[0].lower() if after else None)
 
 
 def match_case(name: str, written: str) -> str:

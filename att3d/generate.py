@@ -160,7 +160,7 @@ class Generator:
             colors = ColorTermReader(self.prompts)
             index = self.familiarity_index()
             assert index is not None  # the model has training prompts
-            color_words = frozenset(w for name in colors.known for w in name.split())
+            color_words = frozenset(w for name in colors.named for w in name.split())
             self._readers = (
                 list(self.prompts),
                 colors,

@@ -9,6 +9,11 @@ encoder and those prompts' embeddings as its familiarity index. Up to ``--per-en
 prompts are read; a reading is right when the only shape it names with words the reader knows is the
 prompt's shape (a hidden noun kept as written names nothing the model knows: wrong).
 
+Colour names are read from the colour lexicon, so their benchmark is the lexicon itself: every name of two
+or more words whose last word is a world colour ("sky blue", "dark olive green", "blue grey") and that the
+model was not trained on is read as the nearest trained colour name, right when that name is of the world
+colour its last word says.
+
 It also reads the held-out wording split and an everyday-words case file with the full model, the same
 way (no generation: ``att3d eval`` measures what the generator then makes of the reading).
 
@@ -32,6 +37,7 @@ from att3d.generate import Generator
 from att3d.shapes.eval_cases import read_cases, split_cases
 from att3d.shapes.language import (
     ADJECTIVES,
+    COLOR_WORDS,
     SCENES,
     SHAPE_WORDS,
     TEMPLATES,
@@ -86,7 +92,7 @@ def leave_one_out(generator: Generator, per_entry: int, seed: int = 0) -> tuple[
     index = generator.familiarity_index()
     assert index is not None
     colors = ColorTermReader(prompts)
-    color_words = frozenset(w for name in colors.known for w in name.split())
+    color_words = frozenset(w for name in colors.named for w in name.split())
     counts: Counter = Counter()
     wrong: list[str] = []
     rng = random.Random(seed)
@@ -105,6 +111,24 @@ def leave_one_out(generator: Generator, per_entry: int, seed: int = 0) -> tuple[
             if not right:
                 wrong.append(f"{kind:9s} {entry!r:14s} {prompt!r} -> {read!r}")
     return counts, wrong
+
+
+def color_heads(generator: Generator) -> tuple[int, list[str]]:
+    """(right, wrong readings) of the lexicon's names that end in a world colour (see the module)."""
+    reader = ColorTermReader(generator.prompts)
+    world = {w: color for color, words in COLOR_WORDS.items() for w in words}
+    heads = {color: color for color in COLOR_WORDS} | {"grey": "gray"}
+    right, wrong = 0, []
+    for name in reader.lexicon.names:
+        words = name.split()
+        if len(words) < 2 or words[-1] not in heads or name in reader.named:
+            continue
+        read = reader.nearest_known(name)
+        if world.get(read) == heads[words[-1]]:
+            right += 1
+        else:
+            wrong.append(f"colour name {name!r} -> {read!r} (a {heads[words[-1]]})")
+    return right, wrong
 
 
 def read_cases_right(generator: Generator, cases: list) -> tuple[int, list[str]]:
@@ -134,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         right, total = counts[kind, True], counts[kind, True] + counts[kind, False]
         figures[f"leave_one_out_{kind}"] = [right, total]
         print(f"leave-one-out {kind:9s} read right {right:3d}/{total:3d} ({right / max(total, 1):.0%})")
+    right, misses = color_heads(generator)
+    figures["colour_names_by_last_word"] = [right, right + len(misses)]
+    wrong += misses
+    print(f"colour names by last word read right {right:3d}/{right + len(misses):3d}")
     sets = {"wording": split_cases("wording"), "heldout-wording": split_cases("heldout-wording")}
     if args.cases.is_file():
         sets[args.cases.stem] = read_cases(args.cases)

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from att3d.color_terms import COLOR_NAMES_FILE, ColorLexicon, ColorTerm, ColorTermReader, fix_article
+from att3d.color_terms import (
+    CHROMA_MIN,
+    COLOR_NAMES_FILE,
+    ColorLexicon,
+    ColorTerm,
+    ColorTermReader,
+    fix_article,
+)
 
 TRAINING = ["a red cube", "a lemon ball", "a blue cone", "a green box", "a gray ring"]
 
@@ -87,6 +95,58 @@ def test_unseen_colour_becomes_the_nearest_seen(reader, prompt, read) -> None:
 )
 def test_prompts_without_an_unseen_first_colour_are_unchanged(reader, prompt) -> None:
     assert reader.read(prompt) == prompt
+
+
+def test_only_colours_given_to_objects_are_known(lexicon) -> None:
+    training = ["a red cube on a white background", "a silver ball", "a crimmson ring"]
+    training += [
+        "a purplee cone isolated on white"
+    ]  # a misspelling too ambiguous to read (purple, purpley, purply)
+    reader = ColorTermReader(training, lexicon)
+    assert reader.named == ("crimson", "red", "silver", "white")  # the readable typo read as its name
+    assert reader.known == ("crimson", "red", "silver")  # white was the object's colour in one prompt of two
+    assert reader.read("a white cube") == "a silver cube"
+    assert reader.read("a red cube on a white background") == "a red cube on a white background"
+    # white stays where the training prompts put it; elsewhere it is an object's colour
+    assert reader.read("a cube on a white background") == "a cube on a white background"
+    assert reader.read("a ball isolated on white") == "a ball isolated on white"
+    assert reader.read("a ball in white") == "a ball in silver"
+    assert reader.read("a white ball on a white background") == "a silver ball on a white background"
+    # the trained misspelling is the object's colour, not the white of the background
+    assert reader.read("a crimmson box isolated on white") == "a crimmson box isolated on white"
+    assert reader.read("a CRIMMSON box") == "a CRIMMSON box"
+
+
+def test_hues_and_greys_are_read_as_their_kind(lexicon) -> None:
+    # Nearest in CIEDE2000 alone, sky blue is silver and black is navy: pale tints sit near the greys,
+    # the darkest shades near the darkest hue.
+    reader = ColorTermReader(["a navy cube", "a silver ball", "a red cone", "a blue ring"], lexicon)
+    assert lexicon.distance("sky blue", "silver") < lexicon.distance("sky blue", "blue")
+    assert lexicon.distance("black", "navy") < lexicon.distance("black", "silver")
+    assert reader.read("a sky blue ball") == "a blue ball"
+    assert reader.read("a baby blue ball") == "a blue ball"
+    assert reader.read("a black cube") == "a silver cube"
+    assert reader.read("a charcoal cube") == "a silver cube"
+    assert reader.read("a crimson cube") == "a red cube"
+    # A model that knows only hues still reads a grey as the nearest of them.
+    assert ColorTermReader(["a red cone", "a navy ring"], lexicon).read("a black cube") == "a navy cube"
+
+
+def test_chroma_min_separates_the_lexicons_grey_names_from_its_hue_names(lexicon) -> None:
+    greys, hues = (
+        {"grey", "gray", "silver", "white", "black"},
+        {
+            *("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "brown"),
+            *("violet", "teal", "turquoise", "magenta"),
+        },
+    )
+    grey = np.array([lexicon.chroma(n) for n in lexicon.names if n.split()[-1] in greys])
+    hue = np.array([lexicon.chroma(n) for n in lexicon.names if n.split()[-1] in hues])
+    assert len(grey) > 20 and len(hue) > 500
+    thresholds = np.arange(5.0, 30.0, 0.25)
+    errors = np.array([(grey >= t).sum() + (hue < t).sum() for t in thresholds])
+    assert errors[thresholds == CHROMA_MIN][0] == errors.min() == 12
+    assert lexicon.chroma("gray") < 0.01 and lexicon.chroma("red") > 60
 
 
 def test_a_model_trained_without_colour_names_reads_as_written(lexicon) -> None:
