@@ -143,3 +143,13 @@ def test_shipped_model_reads_unknown_words() -> None:
     assert generator.read("a red cube") == "a red cube"
     generator.config.text.unknown_words = "as_written"
     assert generator.read("large grey dice") == "large grey dice"
+
+
+def test_shipped_model_reads_its_training_prompts_as_written_and_colours_by_kind() -> None:
+    from att3d.generate import Generator
+
+    generator = Generator.default()
+    assert [p for p in generator.prompts if generator.read(p) != p] == []
+    assert generator.read("a sky blue ball") == "a cobalt ball"  # a pale hue is a hue, not silver
+    assert generator.read("a black ring") == "a gray ring"  # the darkest grey is a grey, not navy
+    assert generator.read("a white cube on a white background") == "a silver cube on a white background"
