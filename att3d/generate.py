@@ -34,6 +34,7 @@ from att3d.field import AmortizedField, PromptField
 from att3d.limits import validate_prompt
 from att3d.meshing.errors import NoSurfaceError
 from att3d.meshing.mesher import mesh_embeddings
+from att3d.noun_glosses import NounGlosses
 from att3d.text import TextEncoder, get_text_encoder
 from att3d.unknown_words import UnknownWordReader
 
@@ -152,8 +153,9 @@ class Generator:
         """``prompt`` as the model reads it. With ``config.text.unknown_words = nearest_known`` (the default)
         a colour name the training prompts never used becomes the nearest one they did
         (``att3d.color_terms``: "a canary orb" -> "a lemon orb"), then another unknown word the training
-        word that makes the prompt most familiar (``att3d.unknown_words``: "large grey dice" -> "large grey
-        cube"); otherwise, and for a model without training prompts, the prompt as written."""
+        word that makes the prompt most familiar, by the word and its dictionary definitions
+        (``att3d.unknown_words``, ``att3d.noun_glosses``: "large grey dice" -> "large grey cube");
+        otherwise, and for a model without training prompts, the prompt as written."""
         if self.config.text.unknown_words == "as_written" or not self.prompts:
             return prompt
         if self._readers is None or self._readers[0] != self.prompts:
@@ -164,7 +166,7 @@ class Generator:
             self._readers = (
                 list(self.prompts),
                 colors,
-                UnknownWordReader(self.prompts, self.encoder, index, color_words),
+                UnknownWordReader(self.prompts, self.encoder, index, color_words, NounGlosses.bundled()),
             )
         _, colors, words = self._readers
         return words.read(colors.read(prompt))

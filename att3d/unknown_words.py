@@ -12,9 +12,12 @@ prompt with the largest familiarity (its sentence embedding's similarity to the 
 credited :data:`KEEP_SIMILARITY`). Familiarity alone would prefer words of the objects trained with the
 prompt's template and colour ("a doughnut in grey" -> "a cone in grey" when no grey torus was trained);
 word similarity alone would replace words that mean nothing to the model by words that change the prompt
-("a party hat" -> "a box hat"). Candidates are training words used in at least :data:`MIN_PROMPTS`
-training prompts (not the typo forms), less the colour names: colours are read from the colour lexicon
-(``att3d.color_terms``), and a word that names no colour must not become one.
+("a party hat" -> "a box hat"). A word the dictionary knows (``att3d.noun_glosses``: "bagel", "die") is
+also compared by its definitions: its similarity to a training word is the largest of the word's and its
+definitions' ("a small cube with 1 to 6 spots on the six faces" -> "cube"). Candidates are training words
+used in at least :data:`MIN_PROMPTS` training prompts (not the typo forms), less the colour names: colours
+are read from the colour lexicon (``att3d.color_terms``), and a word that names no colour must not become
+one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from att3d.color_terms import fix_article, match_case
 from att3d.familiarity import FamiliarityIndex
+from att3d.noun_glosses import NounGlosses
 from att3d.text import TextEncoder, uncached
 
 NEIGHBOURS = 3
@@ -53,6 +57,7 @@ class UnknownWordReader:
         encoder: TextEncoder,
         index: FamiliarityIndex,
         exclude: frozenset[str] = frozenset(),
+        glosses: NounGlosses | None = None,
     ) -> None:
         """
         Args:
@@ -61,9 +66,11 @@ class UnknownWordReader:
                 kept).
             index: the training prompts' embeddings (the generator's familiarity index).
             exclude: words never offered as replacements (the training prompts' colour names).
+            glosses: definitions of unknown nouns, compared with the candidates too (none: words only).
         """
         self.encoder = uncached(encoder)
         self.index = index
+        self.glosses = glosses
         used = Counter(w for p in training_prompts for w in {w.lower() for w in _WORD.findall(p)})
         self.training_words = frozenset(used)
         self.candidates = sorted(w for w, n in used.items() if n >= MIN_PROMPTS and w not in exclude)
@@ -71,18 +78,28 @@ class UnknownWordReader:
 
     def neighbours(self, word: str) -> list[tuple[str, float]]:
         """The :data:`NEIGHBOURS` candidates nearest to ``word`` and their cosine similarity to it, each
-        word embedded alone."""
+        word embedded alone; for a word with definitions, the larger of the word's similarity and its
+        definitions'."""
         return self._neighbours([word])[word]
 
     def _neighbours(self, words: list[str]) -> dict[str, list[tuple[str, float]]]:
-        """:meth:`neighbours` of several words, embedded in one encoder call."""
+        """:meth:`neighbours` of several words, embedded with their definitions in one encoder call."""
         if not self.candidates or not words:
             return {w: [] for w in words}
         if self._vectors is None:
             self._vectors = _unit(self.encoder.encode(self.candidates))
-        best = (_unit(self.encoder.encode(words)) @ self._vectors.T).topk(
-            min(NEIGHBOURS, len(self.candidates)), dim=1
-        )
+        definitions = [self.glosses.get(w) if self.glosses else [] for w in words]
+        texts = words + [d for defs in definitions for d in defs]
+        similarity = _unit(self.encoder.encode(texts)) @ self._vectors.T  # [texts, candidates]
+        start = len(words)
+        rows = []
+        for i, defs in enumerate(definitions):
+            row = similarity[i]
+            if defs:
+                row = torch.maximum(row, similarity[start : start + len(defs)].max(dim=0).values)
+                start += len(defs)
+            rows.append(row)
+        best = torch.stack(rows).topk(min(NEIGHBOURS, len(self.candidates)), dim=1)
         return {
             w: [(self.candidates[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
             for w, values, indices in zip(words, best.values, best.indices, strict=True)

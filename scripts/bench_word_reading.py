@@ -34,6 +34,7 @@ import torch
 from att3d.color_terms import ColorTermReader
 from att3d.familiarity import FamiliarityIndex
 from att3d.generate import Generator
+from att3d.noun_glosses import NounGlosses
 from att3d.shapes.eval_cases import read_cases, split_cases
 from att3d.shapes.language import (
     ADJECTIVES,
@@ -101,7 +102,7 @@ def leave_one_out(generator: Generator, per_entry: int, seed: int = 0) -> tuple[
         kept = [i for i, h in enumerate(hidden) if not h]
         train = [prompts[i] for i in kept]
         subset = FamiliarityIndex(train, index.matrix[kept])
-        reader = UnknownWordReader(train, generator.encoder, subset, color_words)
+        reader = UnknownWordReader(train, generator.encoder, subset, color_words, NounGlosses.bundled())
         tests = [p for p, h in zip(prompts, hidden, strict=True) if h]
         for prompt in rng.sample(tests, min(per_entry, len(tests))):
             read = reader.read(colors.read(prompt))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from att3d.familiarity import FamiliarityIndex
+from att3d.noun_glosses import NounGlosses
 from att3d.text import CachedEncoder
 from att3d.unknown_words import KEEP_SIMILARITY, MAX_READ_WORDS, MIN_PROMPTS, UnknownWordReader
 
@@ -116,6 +117,21 @@ def test_a_prompt_of_many_unknown_words_costs_a_bounded_number_of_encoder_calls(
     assert len(encoder.calls) == 2 + MAX_READ_WORDS
     assert read[MAX_READ_WORDS + 1 :] == [*unknown[MAX_READ_WORDS:], "dice"]  # past the bound: as written
     assert len(encoder.calls[1]) == MAX_READ_WORDS  # each distinct word embedded once
+
+
+def test_a_word_is_also_compared_by_its_definitions() -> None:
+    # "die" means nothing to the toy encoder; its definition holds a training word.
+    glosses = NounGlosses({"die": ["a tool for shaping metal", "a small cube with spots on its faces"]})
+    encoder = CountingEncoder()
+    index = FamiliarityIndex(TRAINING, BagOfWordsEncoder().encode(TRAINING))
+    with_glosses = UnknownWordReader(TRAINING, encoder, index, frozenset({"red", "blue"}), glosses)
+    assert with_glosses.read("a red die") == "a red cube"
+    # the word and its definitions are embedded in one call
+    assert encoder.calls[1] == ["die", "a tool for shaping metal", "a small cube with spots on its faces"]
+    plain = UnknownWordReader(TRAINING, BagOfWordsEncoder(), index, frozenset({"red", "blue"}))
+    assert plain.read("a red die") == "a red die"
+    # a definition only adds: the word's own similarity still counts ("dice" leans on "cube")
+    assert with_glosses.read("a red dice") == plain.read("a red dice") == "a red cube"
 
 
 def test_a_repeated_unknown_word_is_embedded_once_and_read_each_time() -> None:
