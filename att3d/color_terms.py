@@ -213,10 +213,9 @@ class ColorTermReader:
         if not terms:
             return prompt
         term = terms[0]
-        written = _key(prompt[term.start : term.end])
-        if term.name in self.known and (written == term.name or written in self.training_words):
-            return prompt  # a trained name, or a trained misspelling of one
         written = prompt[term.start : term.end]
+        if term.name in self.known and (_key(written) == term.name or _key(written) in self.training_words):
+            return prompt  # a trained name, or a trained misspelling of one
         replacement = match_case(self.nearest_known(term.name), written)
         return fix_article(prompt[: term.start], replacement) + replacement + prompt[term.end :]
 

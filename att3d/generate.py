@@ -27,6 +27,7 @@ from att3d.familiarity import (
     PROMPT_EMBEDDINGS_FILE,
     Familiarity,
     FamiliarityIndex,
+    copy_prompt_embeddings,
     threshold_from_metadata,
     training_embeddings,
 )
@@ -146,6 +147,16 @@ class Generator:
             self.prompts,
             {**self.metadata, "name": self.name},
         )
+
+    def save_with_mesh(self, path: str | Path, **mesh_fields: object) -> Path:
+        """Write a copy of this generator with some ``config.mesh`` fields changed (what the calibration
+        scripts write); the prompt embeddings it was loaded with are copied, not recomputed."""
+        mesh = dataclasses.replace(self.config.mesh, **mesh_fields)
+        self.config = dataclasses.replace(self.config, mesh=mesh)
+        out = self.save(path)
+        if self.folder is not None:
+            copy_prompt_embeddings(self.folder, out)
+        return out
 
     # ---- conditioning ----------------------------------------------------------------------------
 

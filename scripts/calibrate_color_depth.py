@@ -18,13 +18,11 @@ embeddings) to ``OUT``; the weights are unchanged, the model hash changes with t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
-from att3d.familiarity import copy_prompt_embeddings
 from att3d.generate import Generator
 from att3d.shapes.metrics import grid_points, query_field, surface_points
 from att3d.shapes.splits import load_splits
@@ -84,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  albedo std {m['albedo_std']:.4f}  bias {m['albedo_bias']:.4f}  {', '.join(notes)}"
         )
     if args.write:
-        mesh = dataclasses.replace(generator.config.mesh, color_depth=best)
-        generator.config = dataclasses.replace(generator.config, mesh=mesh)
-        out = generator.save(args.write)
-        if generator.folder is not None:
-            copy_prompt_embeddings(generator.folder, out)
+        out = generator.save_with_mesh(args.write, color_depth=best)
         print(f"wrote {out} with mesh.color_depth = {best}")
     return 0
 

@@ -17,13 +17,11 @@ embeddings) to ``OUT``; the weights are unchanged, the model hash changes with t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
-from att3d.familiarity import copy_prompt_embeddings
 from att3d.generate import Generator
 from att3d.shapes.metrics import grid_points, occupancy_iou, query_field
 from att3d.shapes.splits import load_splits
@@ -63,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = [n for n, hit in (("current", level == current), ("best", level == best)) if hit]
         print(f"level {level:6.3f}  train IoU {iou:.4f}  {', '.join(notes)}")
     if args.write:
-        mesh = dataclasses.replace(generator.config.mesh, density_threshold=best)
-        generator.config = dataclasses.replace(generator.config, mesh=mesh)
-        out = generator.save(args.write)
-        if generator.folder is not None:
-            copy_prompt_embeddings(generator.folder, out)
+        out = generator.save_with_mesh(args.write, density_threshold=best)
         print(f"wrote {out} with mesh.density_threshold = {best}")
     return 0
 

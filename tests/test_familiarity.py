@@ -282,3 +282,19 @@ def test_prompt_embeddings_are_copied_into_a_copy_of_the_checkpoint(tmp_path) ->
     matrix = training_embeddings(ToyEncoder(), TRAINING, shipped=copy / PROMPT_EMBEDDINGS_FILE)
     assert ToyEncoder.calls == 0  # the copy is read as the original would be
     torch.testing.assert_close(matrix, torch.stack([TOY[p] for p in TRAINING]), atol=1e-3, rtol=0)
+
+
+def test_save_with_mesh_changes_only_the_mesh_fields_and_keeps_the_prompt_embeddings(tmp_path) -> None:
+    from att3d.familiarity import PROMPT_EMBEDDINGS_FILE, write_prompt_embeddings
+
+    source = toy_generator().save(tmp_path / "model")
+    write_prompt_embeddings(source, ToyEncoder(), TRAINING)
+    loaded = Generator.from_checkpoint(source)
+    out = loaded.save_with_mesh(tmp_path / "calibrated", color_depth=0.05, density_threshold=4.5)
+    copy = Generator.from_checkpoint(out)
+    assert (copy.config.mesh.color_depth, copy.config.mesh.density_threshold) == (0.05, 4.5)
+    assert copy.config.field == loaded.config.field and copy.prompts == list(TRAINING)
+    assert (out / PROMPT_EMBEDDINGS_FILE).read_bytes() == (source / PROMPT_EMBEDDINGS_FILE).read_bytes()
+    # a generator built in memory has no embeddings to copy
+    fresh = toy_generator().save_with_mesh(tmp_path / "fresh", color_depth=0.05)
+    assert not (fresh / PROMPT_EMBEDDINGS_FILE).exists()
